@@ -1,0 +1,127 @@
+/// The one set of validity rules for specs and tile shapes, shared by generator, tuner and kernels.
+// Plain constexpr C++ with no includes beyond our own, so the host (no CUDA headers) and NVRTC (no
+// include path) compile the same text (S19). Each rule sets one bit; generator/spec.cpp turns bits
+// into messages that name the field and its allowed values.
+#pragma once
+#include "common/host_device.cuh"
+
+namespace rajit::attn {
+
+// ---- the spec: what is computed ------------------------------------------------------------
+inline constexpr int kMaxDStd = 256;
+inline constexpr int kMaxR = 256;
+inline constexpr int kMaxContraction = 256;  // d_std + r; bounds registers and shared memory
+inline constexpr int kChannelMultiple = 4;   // d_std and r: 8-byte (4-element) copy granularity
+inline constexpr int kHeadDims[] = {32, 64, 96, 128, 256};
+
+enum SpecRule : unsigned {
+  kBadDStd = 1u << 0,         // d_std: multiple of 4 in [4, 256]
+  kBadR = 1u << 1,            // r: multiple of 4 in [0, 256]
+  kBadHeadDim = 1u << 2,      // head_dim: one of 32, 64, 96, 128, 256
+  kBadContraction = 1u << 3,  // d_std + r <= 256
+};
+
+RAJIT_HOST_DEVICE constexpr bool is_supported_head_dim(int head_dim) {
+  for (int d : kHeadDims) {
+    if (d == head_dim) return true;
+  }
+  return false;
+}
+
+RAJIT_HOST_DEVICE constexpr unsigned check_spec(int d_std, int r, int head_dim) {
+  unsigned bad = 0;
+  if (d_std < kChannelMultiple || d_std > kMaxDStd || d_std % kChannelMultiple != 0) bad |= kBadDStd;
+  if (r < 0 || r > kMaxR || r % kChannelMultiple != 0) bad |= kBadR;
+  if (!is_supported_head_dim(head_dim)) bad |= kBadHeadDim;
+  if (!(bad & (kBadDStd | kBadR)) && d_std + r > kMaxContraction) bad |= kBadContraction;
+  return bad;
+}
+
+/// Width of the folded score contraction once padded to the MMA's k = 16.
+RAJIT_HOST_DEVICE constexpr int padded_contraction(int d_std, int r) {
+  return (d_std + r + 15) / 16 * 16;
+}
+
+/// Elements per global->shared copy: 8 (16 bytes) when both channel groups allow it, else 4.
+RAJIT_HOST_DEVICE constexpr int copy_elems(int d_std, int r) {
+  return (d_std % 8 == 0 && r % 8 == 0) ? 8 : 4;
+}
+
+// ---- the tile shape: how it is computed -----------------------------------------------------
+inline constexpr int kBlockMs[] = {64, 128};
+inline constexpr int kBlockNs[] = {32, 64, 128};
+inline constexpr int kWarpCounts[] = {4, 8};
+inline constexpr int kMinStages = 2;
+inline constexpr int kMaxStages = 3;
+inline constexpr int kMaxRowTilesPerWarp = 2;  // 16-row MMA tiles each warp owns
+
+enum TileRule : unsigned {
+  kBadBlockM = 1u << 0,     // block_m: 64 or 128
+  kBadBlockN = 1u << 1,     // block_n: 32, 64 or 128
+  kBadWarps = 1u << 2,      // warps: 4 or 8
+  kBadStages = 1u << 3,     // stages: 2 or 3
+  kBadRowsPerWarp = 1u << 4,  // block_m / (16 * warps) must be 1 or 2
+  kBadSharedMemory = 1u << 5,  // the tile's shared memory exceeds the device's per-block limit
+  kBadRegisters = 1u << 6,     // accumulators would not fit in 255 registers per thread
+};
+
+RAJIT_HOST_DEVICE constexpr bool in_list(int v, const int* first, int n) {
+  for (int i = 0; i < n; ++i) {
+    if (first[i] == v) return true;
+  }
+  return false;
+}
+
+/// Shared memory a forward tile uses, in bytes (mirrors the layout in attention/fwd.cuh).
+RAJIT_HOST_DEVICE constexpr int fwd_shared_bytes(int d_std, int r, int head_dim, int block_m,
+                                                 int block_n, int stages) {
+  const int dqk = padded_contraction(d_std, r);
+  // Every row is padded by 8 elements (16 bytes) so that ldmatrix is free of bank conflicts.
+  const int q_or_o = block_m * ((dqk > head_dim ? dqk : head_dim) + 8) * 2;
+  const int per_stage = block_n * (dqk + 8 + head_dim + 8) * 2 + block_n * 4;  // K, V, bias
+  return q_or_o + stages * per_stage;
+}
+
+/// 32-bit registers per thread held by the accumulators and the query fragments (a lower bound on
+/// what the kernel needs; the nvrtc tier checks the compiler's real count has no spills).
+RAJIT_HOST_DEVICE constexpr int fwd_accumulator_registers(int d_std, int r, int head_dim,
+                                                          int block_m, int block_n, int warps) {
+  const int row_tiles = block_m / (16 * warps);
+  const int dqk = padded_contraction(d_std, r);
+  const int o_acc = row_tiles * (head_dim / 8) * 4;
+  const int s_acc = row_tiles * (block_n / 8) * 4;
+  const int q_frag = dqk <= 128 ? row_tiles * (dqk / 16) * 4 : 0;  // larger Q stays in smem
+  return o_acc + s_acc + q_frag;
+}
+
+inline constexpr int kRegisterBudget = 200;  // leaves room for addresses and softmax state
+
+RAJIT_HOST_DEVICE constexpr unsigned check_tile(int d_std, int r, int head_dim, int block_m,
+                                                int block_n, int warps, int stages,
+                                                int max_shared_bytes) {
+  unsigned bad = 0;
+  if (!in_list(block_m, kBlockMs, sizeof(kBlockMs) / sizeof(int))) bad |= kBadBlockM;
+  if (!in_list(block_n, kBlockNs, sizeof(kBlockNs) / sizeof(int))) bad |= kBadBlockN;
+  if (!in_list(warps, kWarpCounts, sizeof(kWarpCounts) / sizeof(int))) bad |= kBadWarps;
+  if (stages < kMinStages || stages > kMaxStages) bad |= kBadStages;
+  if (bad) return bad;
+  const int rows_per_warp = block_m / warps;
+  if (block_m % (16 * warps) != 0 || rows_per_warp / 16 > kMaxRowTilesPerWarp) {
+    return bad | kBadRowsPerWarp;
+  }
+  if (check_spec(d_std, r, head_dim) != 0) return bad;  // spec errors are reported by check_spec
+  if (fwd_shared_bytes(d_std, r, head_dim, block_m, block_n, stages) > max_shared_bytes) {
+    bad |= kBadSharedMemory;
+  }
+  if (fwd_accumulator_registers(d_std, r, head_dim, block_m, block_n, warps) > kRegisterBudget) {
+    bad |= kBadRegisters;
+  }
+  return bad;
+}
+
+/// Opt-in shared memory per block for a compute capability (major * 10 + minor), in bytes.
+RAJIT_HOST_DEVICE constexpr int max_shared_bytes_for_cc(int cc) {
+  return cc >= 90 ? 227 * 1024 : cc == 80 ? 163 * 1024 : cc == 87 ? 163 * 1024 : 99 * 1024;
+}
+
+}  // namespace rajit::attn

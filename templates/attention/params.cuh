@@ -1,0 +1,36 @@
+/// FwdParams: the forward kernel's one argument, shared by the host launcher and device code (S21).
+// Plain C++ (no CUDA types) so tuner/ includes it without a CUDA include path. Strides are in
+// elements; every last-dimension stride is 1 and therefore not stored.
+#pragma once
+
+namespace rajit::attn {
+
+using index_t = long long;  // 64-bit offsets: B * H * T * D may pass 2^31
+
+struct Operand2d {
+  const void* ptr;
+  index_t batch_stride;
+  index_t head_stride;
+  index_t row_stride;
+};
+
+struct FwdParams {
+  Operand2d q_std;  // (Tq, Ds) per (b, h)
+  Operand2d k_low;  // (Tq, R)  per (b, h); unused when R == 0
+  Operand2d k_std;  // (Tk, Ds)
+  Operand2d q_low;  // (Tk, R);  unused when R == 0
+  Operand2d v;      // (Tk, Dv)
+  void* o;          // (Tq, Dv) output, dtype of the inputs
+  index_t o_batch_stride, o_head_stride, o_row_stride;
+  float* lse;  // (B, H, Tq) fp32, contiguous; may be null
+  const float* bias;  // beta[b?, h, j] fp32; null when the spec has no bias
+  index_t bias_batch_stride, bias_head_stride;  // batch stride 0 = shared over the batch
+  const float* w_std;  // (H) fp32 gates; null = all ones
+  const float* w_rec;
+  const float* w_disc;
+  int batch, heads, seqlen_q, seqlen_k;
+  float scale_log2;  // scale * log2(e): softmax runs in base 2
+  int num_m_blocks;
+};
+
+}  // namespace rajit::attn

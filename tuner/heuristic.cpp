@@ -1,0 +1,38 @@
+/// Tile-shape heuristic: measured preferences per head_dim (docs/perf-notes.md), then fallbacks.
+#include "tuner/heuristic.hpp"
+
+#include <fmt/format.h>
+
+#include <vector>
+
+namespace rajit::tune {
+
+gen::TileConfig heuristic_tile(const gen::AttentionSpec& spec, const Shape& shape, int cc,
+                               int max_shared_bytes) {
+  gen::require_valid(spec);
+  (void)cc;
+  const int width = std::max(spec.head_dim, spec.d_std + spec.r);
+  std::vector<gen::TileConfig> prefs;
+  if (width <= 64) {
+    prefs = {{128, 64, 4, 2}, {128, 64, 8, 2}, {64, 64, 4, 2}};
+  } else if (width <= 128) {
+    prefs = {{128, 64, 8, 2}, {128, 32, 8, 2}, {64, 64, 4, 2}};
+  } else {
+    prefs = {{64, 32, 4, 2}, {64, 64, 4, 2}};
+  }
+  // Short sequences: smaller query blocks keep more CTAs in flight.
+  if (static_cast<long long>(shape.batch) * shape.heads * ((shape.seqlen_q + 127) / 128) < 132) {
+    prefs.insert(prefs.begin(), gen::TileConfig{64, 64, 4, 2});
+  }
+  for (const auto& t : prefs) {
+    if (gen::validate(spec, t, max_shared_bytes).empty()) return t;
+  }
+  const auto all = gen::valid_tiles(spec, max_shared_bytes);
+  if (all.empty()) {
+    throw gen::SpecError({fmt::format("spec {}: no tile shape fits in {} bytes of shared memory",
+                                      spec.key(), max_shared_bytes)});
+  }
+  return all.front();
+}
+
+}  // namespace rajit::tune
