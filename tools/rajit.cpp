@@ -1,0 +1,292 @@
+/// The `rajit` command line: info, gen, run, bench, cache. Thin wrappers over the library.
+// Results go to stdout, logs to stderr. Exit codes: 0 ok, 1 failure, 2 usage, 77 no GPU.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "generator/kernel_source.hpp"
+#include "generator/render.hpp"
+#include "generator/spec.hpp"
+#include "runtime/disk_cache.hpp"
+#include "runtime/driver.hpp"
+#include "runtime/error.hpp"
+#include "runtime/kernel_cache.hpp"
+#include "runtime/nvrtc.hpp"
+#include "tuner/forward.hpp"
+#include "tuner/harness.hpp"
+#include "tuner/heuristic.hpp"
+#include "tuner/offline.hpp"
+
+namespace {
+
+using namespace rajit;
+
+constexpr int kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitNoGpu = 77;
+
+// The spec and shape flags every subcommand shares.
+struct SpecFlags {
+  int d_std = 56, r = 8, head_dim = 64;
+  bool causal = false;
+  std::string bias = "none", dtype = "bf16";
+  std::vector<std::string> spec_keys;  // alternative: --spec fwd.bf16.ds56.r8.d64.causal.colbias
+  int batch = 4, heads = 16, seqlen = 4096, seqlen_k = 0;
+  std::string tile;  // pin, e.g. bm128.bn64.w4.s2
+
+  void add_to(CLI::App& app) {
+    app.add_option("--d-std", d_std, "width of the standard query/key channels")->capture_default_str();
+    app.add_option("--r", r, "width of the reciprocal channels (0 = plain attention)")->capture_default_str();
+    app.add_option("--head-dim", head_dim, "width of V and O: 32, 64, 96, 128 or 256")->capture_default_str();
+    app.add_flag("--causal", causal, "causal mask (bottom-right aligned when Tq != Tk)");
+    app.add_option("--bias", bias, "none or column")->capture_default_str();
+    app.add_option("--dtype", dtype, "bf16 or fp16")->capture_default_str();
+    app.add_option("--spec", spec_keys, "spec key(s) instead of the flags above, comma-separated")
+        ->delimiter(',');
+    app.add_option("--batch", batch, "batch size B")->capture_default_str();
+    app.add_option("--heads", heads, "heads H")->capture_default_str();
+    app.add_option("--seqlen", seqlen, "query rows Tq (and Tk unless --seqlen-k)")->capture_default_str();
+    app.add_option("--seqlen-k", seqlen_k, "key rows Tk (default: --seqlen)");
+    app.add_option("--tile", tile, "pin a tile, e.g. bm128.bn64.w4.s2 (default: heuristic)");
+  }
+  std::vector<gen::AttentionSpec> specs() const {
+    if (!spec_keys.empty()) {
+      std::vector<gen::AttentionSpec> out;
+      for (const auto& k : spec_keys) out.push_back(gen::parse_spec_key(k));
+      for (const auto& s : out) gen::require_valid(s);
+      return out;
+    }
+    gen::AttentionSpec s{d_std, r, head_dim, causal, gen::parse_bias(bias), gen::parse_dtype(dtype)};
+    gen::require_valid(s);
+    return {s};
+  }
+  tune::Shape shape() const {
+    std::vector<std::string> bad;
+    if (batch < 1) bad.push_back(fmt::format("batch={}: must be >= 1", batch));
+    if (heads < 1) bad.push_back(fmt::format("heads={}: must be >= 1", heads));
+    if (seqlen < 1) bad.push_back(fmt::format("seqlen={}: must be >= 1", seqlen));
+    if (seqlen_k < 0) bad.push_back(fmt::format("seqlen-k={}: must be >= 1", seqlen_k));
+    if (!bad.empty()) throw gen::SpecError(bad);
+    return {batch, heads, seqlen, seqlen_k > 0 ? seqlen_k : seqlen};
+  }
+  std::optional<gen::TileConfig> pinned() const {
+    if (tile.empty()) return std::nullopt;
+    return gen::parse_tile_key(tile);
+  }
+};
+
+int cmd_info() {
+  fmt::print("rajit {}\n", RAJIT_VERSION);
+  fmt::print("templates: {}\n", gen::template_set_hash());
+  fmt::print("cache: {}\n", rt::DiskCache::default_root().string());
+  const rt::NvrtcStatus nv = rt::probe_nvrtc();
+  if (nv.ok) fmt::print("nvrtc: {}.{}\n", nv.major, nv.minor);
+  else fmt::print("nvrtc: unavailable ({})\n", nv.reason);
+  const rt::DriverStatus drv = rt::probe_driver();
+  if (!drv.ok) {
+    fmt::print("driver: unavailable ({})\n", drv.reason);
+    fmt::print("gpus: none; rajit can generate and compile kernels here but cannot run them\n");
+    return kExitOk;
+  }
+  fmt::print("driver: CUDA {}.{}\n", drv.version / 1000, (drv.version % 1000) / 10);
+  const int n = rt::device_count();
+  fmt::print("gpus: {}\n", n);
+  for (int i = 0; i < n; ++i) {
+    const rt::DeviceInfo d = rt::device_info(i);
+    fmt::print("  [{}] {}  sm_{}{}  {} SMs  {:.1f} GiB  {} KiB smem/block  {} MiB L2\n", i, d.name,
+               d.cc_major, d.cc_minor, d.sm_count, static_cast<double>(d.total_mem) / (1 << 30),
+               d.max_smem_per_block_optin / 1024, d.l2_bytes >> 20);
+  }
+  return kExitOk;
+}
+
+struct GenFlags {
+  std::vector<std::string> archs{"sm_80", "sm_90"};
+  std::vector<std::string> emit{"cu", "cubin"};
+  std::string out = "rajit-kernels";
+};
+
+int cmd_gen(const SpecFlags& sf, const GenFlags& gf) {
+  tune::EmitOptions opt;
+  for (const auto& a : gf.archs) opt.archs.push_back(gen::parse_arch(a));
+  opt.cu = opt.ptx = opt.cubin = false;
+  for (const auto& e : gf.emit) {
+    if (e == "cu") opt.cu = true;
+    else if (e == "ptx") opt.ptx = true;
+    else if (e == "cubin") opt.cubin = true;
+    else throw gen::SpecError({fmt::format("emit={}: must be a list of cu, ptx, cubin", e)});
+  }
+  opt.out_dir = gf.out;
+  std::vector<tune::KernelChoice> choices;
+  const auto shape = sf.shape();
+  for (const auto& s : sf.specs()) {
+    if (auto t = sf.pinned()) {
+      choices.push_back({s, *t});
+      continue;
+    }
+    for (const auto& a : opt.archs) {  // the heuristic may differ per arch
+      const gen::TileConfig t = tune::heuristic_tile(s, shape, a.cc, a.max_shared_bytes());
+      bool seen = false;
+      for (const auto& c : choices) seen = seen || (c.spec == s && c.tile == t);
+      if (!seen) choices.push_back({s, t});
+    }
+  }
+  const auto kernels = tune::emit_kernels(choices, opt);
+  fmt::print("{:<48} {:<18} {:<7} {:>5} {:>7} {:>6}  files\n", "spec", "tile", "arch", "regs",
+             "smem", "spill");
+  for (const auto& k : kernels) {
+    std::string files;
+    for (const auto& f : k.files) files += (files.empty() ? "" : " ") + f;
+    fmt::print("{:<48} {:<18} {:<7} {:>5} {:>7} {:>6}  {}\n", k.spec_key, k.tile_key, k.arch,
+               k.resources.registers, k.shared_bytes,
+               k.resources.spill_store_bytes + std::max(0, k.resources.spill_load_bytes), files);
+  }
+  fmt::print("manifest: {}\n", (opt.out_dir / "manifest.json").string());
+  return kExitOk;
+}
+
+int compile_only(const gen::AttentionSpec& s, const tune::Shape& shape,
+                 std::optional<gen::TileConfig> pinned, const std::string& why) {
+  const gen::Arch arch = gen::parse_arch("sm_90");
+  const gen::TileConfig tile =
+      pinned ? *pinned : tune::heuristic_tile(s, shape, arch.cc, arch.max_shared_bytes());
+  const gen::GeneratedSource src = gen::generate_forward(s, tile);
+  rt::KernelRequest req{src.readable_key, src.entry, src.text, src.options, arch.name(),
+                        src.template_set_hash};
+  const auto cubin = rt::KernelCache::global().get_cubin(req);
+  fmt::print("spec {} tile {}: generated {} bytes of CUDA, compiled a {}-byte cubin for {}\n",
+             s.key(), tile.key(), src.text.size(), cubin.size(), arch.name());
+  fmt::print("no GPU: cannot run the kernel here ({})\n", why);
+  return kExitNoGpu;
+}
+
+struct RunFlags {
+  std::string layout = "separate";
+  std::uint64_t seed = 1;
+  int iters = 20;
+  bool per_batch_bias = false;
+};
+
+int cmd_run(const SpecFlags& sf, const RunFlags& rf) {
+  const auto specs = sf.specs();
+  const auto shape = sf.shape();
+  const tune::Layout layout = tune::parse_layout(rf.layout);
+  const rt::DriverStatus drv = rt::probe_driver();
+  if (!drv.ok || rt::device_count() == 0) {
+    int rc = kExitOk;
+    for (const auto& s : specs) rc = compile_only(s, shape, sf.pinned(), drv.ok ? "no device" : drv.reason);
+    return rc;
+  }
+  bool all_passed = true;
+  fmt::print("device: {}\n", rt::device_info(0).name);
+  for (const auto& s : specs) {
+    tune::CheckOptions opt;
+    opt.spec = s;
+    opt.shape = shape;
+    opt.layout = layout;
+    opt.bias_per_batch = rf.per_batch_bias;
+    opt.tile = sf.pinned();
+    opt.seed = rf.seed;
+    opt.timing_iters = rf.iters;
+    const auto r = tune::run_forward_check(opt);
+    fmt::print("{} B={} H={} Tq={} Tk={} tile {}: rel err {:.2e} (tol {:.0e}), LSE max err {:.1e}, "
+               "unwritten {}, non-finite {} -> {}; {:.3f} ms, {:.1f} TFLOP/s\n",
+               s.key(), shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k, r.tile.key(),
+               r.rel_err_o, r.tolerance, r.max_abs_err_lse, r.unwritten, r.non_finite,
+               r.passed ? "PASS" : "FAIL", r.median_ms, r.tflops);
+    all_passed = all_passed && r.passed;
+  }
+  return all_passed ? kExitOk : kExitFailure;
+}
+
+int cmd_cache(bool list, const std::vector<std::string>& names, bool all) {
+  rt::DiskCache cache(rt::DiskCache::default_root());
+  if (list) {
+    const auto entries = cache.list();
+    for (const auto& e : entries) fmt::print("{:>10}  {}\n", e.size, e.name);
+    fmt::print("{} entries in {}\n", entries.size(), rt::DiskCache::default_root().string());
+    return kExitOk;
+  }
+  if (all) {
+    fmt::print("removed {} entries\n", cache.remove_all());
+    return kExitOk;
+  }
+  int rc = kExitOk;
+  for (const auto& n : names) {
+    if (cache.remove(n)) {
+      fmt::print("removed {}\n", n);
+    } else {
+      std::fprintf(stderr, "rajit: no cache entry named %s\n", n.c_str());
+      rc = kExitFailure;
+    }
+  }
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"rajit: JIT kernels for Reciprocal Attention (RA)"};
+  app.require_subcommand(1);
+  SpecFlags sf;
+  GenFlags gf;
+  RunFlags rf;
+  auto* info = app.add_subcommand("info", "driver, NVRTC, GPUs and the cache directory");
+  auto* genc = app.add_subcommand("gen", "generate .cu/.ptx/.cubin files and a manifest offline");
+  sf.add_to(*genc);
+  genc->add_option("--arch", gf.archs, "target archs: sm_80, sm_86, sm_89, sm_90, sm_90a")
+      ->delimiter(',')->capture_default_str();
+  genc->add_option("--emit", gf.emit, "what to write: cu, ptx, cubin")->delimiter(',')->capture_default_str();
+  genc->add_option("--out", gf.out, "output folder")->capture_default_str();
+  auto* run = app.add_subcommand("run", "run one spec and shape on the GPU and check it against the "
+                                        "float64 reference (compile only without a GPU)");
+  sf.add_to(*run);
+  run->add_option("--layout", rf.layout, "separate, strided, paired or folded")->capture_default_str();
+  run->add_option("--seed", rf.seed, "random seed of the inputs")->capture_default_str();
+  run->add_option("--iters", rf.iters, "timed launches (median reported)")->capture_default_str();
+  run->add_flag("--per-batch-bias", rf.per_batch_bias, "one bias vector per batch entry");
+  auto* cache = app.add_subcommand("cache", "the on-disk kernel cache ($RAJIT_CACHE_DIR)");
+  cache->require_subcommand(1);
+  auto* ls = cache->add_subcommand("ls", "list cached kernels");
+  auto* rm = cache->add_subcommand("rm", "remove cached kernels");
+  std::vector<std::string> rm_names;
+  bool rm_all = false;
+  rm->add_option("names", rm_names, "entry names (see `rajit cache ls`)");
+  rm->add_flag("--all", rm_all, "remove every entry");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? kExitOk : kExitUsage;
+  }
+  try {
+    if (*info) return cmd_info();
+    if (*genc) return cmd_gen(sf, gf);
+    if (*run) return cmd_run(sf, rf);
+    if (*cache) {
+      if (*rm && !rm_all && rm_names.empty()) {
+        std::fprintf(stderr, "rajit: cache rm: give entry names or --all\n");
+        return kExitUsage;
+      }
+      return cmd_cache(static_cast<bool>(*ls), rm_names, rm_all);
+    }
+  } catch (const gen::SpecError& e) {
+    std::fprintf(stderr, "rajit: invalid input:\n%s\n", e.what());
+    return kExitUsage;
+  } catch (const tune::ArgumentError& e) {
+    std::fprintf(stderr, "rajit: invalid arguments:\n%s\n", e.what());
+    return kExitUsage;
+  } catch (const std::filesystem::filesystem_error& e) {
+    std::fprintf(stderr, "rajit: %s\n", e.what());
+    return kExitUsage;
+  } catch (const rt::NoDriverError& e) {
+    std::fprintf(stderr, "rajit: no GPU: %s\n", e.what());
+    return kExitNoGpu;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rajit: error: %s\n", e.what());
+    return kExitFailure;
+  }
+  return kExitUsage;
+}

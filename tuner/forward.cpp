@@ -1,0 +1,227 @@
+/// The forward facade: argument checks, tile choice, kernel lookup (hot map, then KernelCache), launch.
+#include "tuner/forward.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <mutex>
+#include <unordered_map>
+
+#include "generator/kernel_source.hpp"
+#include "runtime/driver.hpp"
+#include "runtime/kernel_cache.hpp"
+#include "runtime/module.hpp"
+#include "templates/attention/limits.cuh"
+#include "templates/attention/params.cuh"
+#include "tuner/heuristic.hpp"
+
+namespace rajit::tune {
+namespace {
+
+std::string join_lines(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& l : lines) out += (out.empty() ? "" : "\n") + l;
+  return out;
+}
+
+constexpr long long kMaxGridY = 65535;
+
+void check_view(std::vector<std::string>& out, const char* name, const TensorView& t,
+                const std::array<long long, 4>& want, int align_elems) {
+  if (t.ptr == nullptr) {
+    out.push_back(fmt::format("{}: null pointer", name));
+    return;
+  }
+  if (t.shape != want) {
+    out.push_back(fmt::format("{}: shape ({}, {}, {}, {}) must be ({}, {}, {}, {}) = (batch, heads, "
+                              "rows, width)",
+                              name, t.shape[0], t.shape[1], t.shape[2], t.shape[3], want[0],
+                              want[1], want[2], want[3]));
+  }
+  if (t.stride[3] != 1) {
+    out.push_back(fmt::format("{}: last stride is {}; it must be 1 (no hidden copies are made)", name,
+                              t.stride[3]));
+  }
+  const auto bytes = static_cast<long long>(align_elems) * 2;
+  if (reinterpret_cast<std::uintptr_t>(t.ptr) % static_cast<std::uintptr_t>(bytes) != 0) {
+    out.push_back(fmt::format("{}: pointer {} is not {}-byte aligned", name, t.ptr, bytes));
+  }
+  for (int d = 0; d < 3; ++d) {
+    if (t.stride[d] < 0 || t.stride[d] % align_elems != 0) {
+      out.push_back(fmt::format("{}: stride[{}] = {} must be a non-negative multiple of {} elements",
+                                name, d, t.stride[d], align_elems));
+    }
+  }
+}
+
+struct DeviceFacts {
+  int cc = 0;
+  int max_shared = 0;
+};
+
+DeviceFacts device_facts(int ordinal) {
+  static std::mutex mu;
+  static std::unordered_map<int, DeviceFacts> facts;
+  std::lock_guard lock(mu);
+  if (auto it = facts.find(ordinal); it != facts.end()) return it->second;
+  const rt::DeviceInfo info = rt::device_info(ordinal);
+  const int cc = info.cc_major * 10 + info.cc_minor;
+  DeviceFacts f{cc, std::min(info.max_smem_per_block_optin, attn::max_shared_bytes_for_cc(cc))};
+  facts.emplace(ordinal, f);
+  return f;
+}
+
+// The arch NVRTC targets for a device: sm_90 (not 90a: the forward uses no wgmma yet, and plain
+// sm_90 cubins also run on any later-revision 9.x part).
+std::string arch_for(int cc) { return fmt::format("sm_{}", cc); }
+
+int device_of(const void* ptr) {
+  const rt::DriverApi& api = rt::driver();
+  int ordinal = -1;
+  const CUresult r = api.cuPointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                                               reinterpret_cast<CUdeviceptr>(ptr));
+  if (r != CUDA_SUCCESS) {
+    throw ArgumentError({fmt::format("q_std: pointer {} is not CUDA device memory ({})", ptr,
+                                     rt::result_name(r))});
+  }
+  return ordinal;
+}
+
+struct HotEntry {
+  rt::Kernel kernel;
+  int shared_bytes = 0;
+};
+
+}  // namespace
+
+ArgumentError::ArgumentError(std::vector<std::string> problems)
+    : std::invalid_argument(join_lines(problems)), problems_(std::move(problems)) {}
+
+std::vector<std::string> check_forward_args(const ForwardArgs& a) {
+  std::vector<std::string> out = gen::validate(a.spec);
+  if (!out.empty()) return out;
+  const gen::AttentionSpec& s = a.spec;
+  const long long B = a.q_std.shape[0], H = a.q_std.shape[1], Tq = a.q_std.shape[2];
+  const long long Tk = a.k_std.shape[2];
+  if (B < 1 || H < 1 || Tq < 1 || Tk < 1) {
+    out.push_back(fmt::format("shape: batch={}, heads={}, seqlen_q={} (from q_std) and seqlen_k={} "
+                              "(from k_std) must all be >= 1",
+                              B, H, Tq, Tk));
+    return out;
+  }
+  const int qk_align = attn::copy_elems(s.d_std, s.r);
+  check_view(out, "q_std", a.q_std, {B, H, Tq, s.d_std}, qk_align);
+  check_view(out, "k_std", a.k_std, {B, H, Tk, s.d_std}, qk_align);
+  if (s.r > 0) {
+    check_view(out, "k_low", a.k_low, {B, H, Tq, s.r}, qk_align);
+    check_view(out, "q_low", a.q_low, {B, H, Tk, s.r}, qk_align);
+  }
+  check_view(out, "v", a.v, {B, H, Tk, s.head_dim}, 8);
+  check_view(out, "o", a.o, {B, H, Tq, s.head_dim}, 8);
+  if (s.bias == gen::BiasKind::kColumn) {
+    if (a.bias.ptr == nullptr) out.push_back("bias: spec.bias=column needs a bias pointer");
+    if (a.bias.batch_stride < 0 || a.bias.head_stride < 0) {
+      out.push_back("bias: strides must be non-negative (batch_stride 0 = shared over the batch)");
+    }
+  } else if (a.bias.ptr != nullptr) {
+    out.push_back("bias: a bias pointer was given but spec.bias=none (use --bias column)");
+  }
+  if (B * H > 0x7fffffffLL) out.push_back(fmt::format("batch*heads={}: must be < 2^31", B * H));
+  if (Tq > kMaxGridY * 64) {
+    out.push_back(fmt::format("seqlen_q={}: at most {} rows per call", Tq, kMaxGridY * 64));
+  }
+  if (!(a.scale >= 0) || std::isinf(a.scale)) {
+    out.push_back(fmt::format("scale={}: must be finite and >= 0 (0 = 1/sqrt(d_std+r))", a.scale));
+  }
+  return out;
+}
+
+LaunchRecord forward(const ForwardArgs& a) {
+  if (auto problems = check_forward_args(a); !problems.empty()) {
+    throw ArgumentError(std::move(problems));
+  }
+  const gen::AttentionSpec& s = a.spec;
+  const rt::DriverApi& api = rt::driver();
+  const int ordinal = device_of(a.q_std.ptr);
+  CUcontext ctx = nullptr;
+  RAJIT_CU_CHECK(api.cuCtxGetCurrent(&ctx), "querying the current context");
+  CUdevice current = -1;
+  if (ctx == nullptr || api.cuCtxGetDevice(&current) != CUDA_SUCCESS || current != ordinal) {
+    ctx = rt::make_primary_context_current(ordinal);  // keep a caller's own context if it fits
+  }
+  const DeviceFacts dev = device_facts(ordinal);
+
+  const Shape shape{static_cast<int>(a.q_std.shape[0]), static_cast<int>(a.q_std.shape[1]),
+                    static_cast<int>(a.q_std.shape[2]), static_cast<int>(a.k_std.shape[2])};
+  gen::TileConfig tile;
+  if (a.tile) {
+    gen::require_valid(s, *a.tile, dev.max_shared);
+    tile = *a.tile;
+  } else {
+    tile = heuristic_tile(s, shape, dev.cc, dev.max_shared);
+  }
+
+  // Hot path: (context, spec, tile) -> loaded kernel, without hashing the source again.
+  static std::mutex hot_mu;
+  static std::unordered_map<std::string, HotEntry> hot;
+  const std::string hot_key =
+      fmt::format("{}|{}|{}", static_cast<const void*>(ctx), s.key(), tile.key());
+  HotEntry entry;
+  {
+    std::lock_guard lock(hot_mu);
+    if (auto it = hot.find(hot_key); it != hot.end()) entry = it->second;
+  }
+  if (!entry.kernel.fn) {
+    const gen::GeneratedSource src = gen::generate_forward(s, tile);
+    rt::KernelRequest req;
+    req.readable_name = src.readable_key;
+    req.entry_name = src.entry;
+    req.source = src.text;
+    req.options = src.options;
+    req.arch = arch_for(dev.cc);
+    req.extra_key = src.template_set_hash;
+    entry.kernel = rt::KernelCache::global().get(req, ordinal);
+    entry.shared_bytes = src.shared_bytes;
+    std::lock_guard lock(hot_mu);
+    hot.emplace(hot_key, entry);
+  }
+
+  attn::FwdParams p{};
+  const auto operand = [](const TensorView& t) {
+    return attn::Operand2d{t.ptr, t.stride[0], t.stride[1], t.stride[2]};
+  };
+  p.q_std = operand(a.q_std);
+  p.k_std = operand(a.k_std);
+  p.k_low = s.r > 0 ? operand(a.k_low) : p.q_std;  // never read when r == 0
+  p.q_low = s.r > 0 ? operand(a.q_low) : p.k_std;
+  p.v = operand(a.v);
+  p.o = const_cast<void*>(a.o.ptr);
+  p.o_batch_stride = a.o.stride[0];
+  p.o_head_stride = a.o.stride[1];
+  p.o_row_stride = a.o.stride[2];
+  p.lse = a.lse;
+  p.bias = s.bias == gen::BiasKind::kColumn ? a.bias.ptr : nullptr;
+  p.bias_batch_stride = a.bias.batch_stride;
+  p.bias_head_stride = a.bias.head_stride;
+  p.w_std = a.w_std;
+  p.w_rec = a.w_rec;
+  p.w_disc = a.w_disc;
+  p.batch = shape.batch;
+  p.heads = shape.heads;
+  p.seqlen_q = shape.seqlen_q;
+  p.seqlen_k = shape.seqlen_k;
+  const double scale = a.scale > 0 ? a.scale : 1.0 / std::sqrt(static_cast<double>(s.d_std + s.r));
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  p.num_m_blocks = (shape.seqlen_q + tile.block_m - 1) / tile.block_m;
+  if (p.num_m_blocks > kMaxGridY) {
+    throw ArgumentError({fmt::format("seqlen_q={}: needs {} query blocks of {}, at most {}",
+                                     shape.seqlen_q, p.num_m_blocks, tile.block_m, kMaxGridY)});
+  }
+  void* args[] = {&p};
+  rt::launch(entry.kernel, static_cast<unsigned>(shape.batch * shape.heads),
+             static_cast<unsigned>(p.num_m_blocks), 1, static_cast<unsigned>(tile.warps * 32),
+             static_cast<unsigned>(entry.shared_bytes), a.stream, args);
+  return {tile, entry.kernel.name};
+}
+
+}  // namespace rajit::tune

@@ -1,0 +1,301 @@
+/// Random inputs -> device -> rajit::forward -> compare with reference_forward, plus event timing.
+#include "tuner/harness.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "runtime/device_buffer.hpp"
+#include "runtime/driver.hpp"
+#include "tuner/forward.hpp"
+#include "tuner/host_numeric.hpp"
+#include "tuner/reference.hpp"
+
+namespace rajit::tune {
+namespace {
+
+constexpr std::uint16_t kPoison = 0xffff;  // NaN in both fp16 and bf16
+
+// One device allocation holding a (B, T, H, W) or (B, H, T, W) tensor family; `view` gives the
+// strided operand for a column range [col0, col0 + width).
+struct HostTensor {
+  std::vector<std::uint16_t> data;
+  long long B, H, T, W;
+  bool heads_inner;  // (B,T,H,W) when true
+  std::array<long long, 4> strides() const {
+    return heads_inner ? std::array<long long, 4>{T * H * W, W, H * W, 1}
+                       : std::array<long long, 4>{H * T * W, T * W, W, 1};
+  }
+  std::size_t index(long long b, long long h, long long t, long long c) const {
+    const auto s = strides();
+    return static_cast<std::size_t>(b * s[0] + h * s[1] + t * s[2] + c);
+  }
+};
+
+HostTensor make_tensor(std::mt19937_64& rng, gen::Dtype dt, long long B, long long H, long long T,
+                       long long W, bool heads_inner, double stddev) {
+  HostTensor t{{}, B, H, T, W, heads_inner};
+  t.data.resize(static_cast<std::size_t>(B * H * T * W));
+  std::normal_distribution<float> dist(0.f, static_cast<float>(stddev));
+  for (auto& x : t.data) x = to_storage(dt, dist(rng));
+  return t;
+}
+
+// Copies columns [col0, col0+width) of a tensor into a contiguous float64 (B,H,T,width) array.
+std::vector<double> extract(const HostTensor& t, gen::Dtype dt, long long col0, long long width) {
+  std::vector<double> out(static_cast<std::size_t>(t.B * t.H * t.T * width));
+  std::size_t k = 0;
+  for (long long b = 0; b < t.B; ++b)
+    for (long long h = 0; h < t.H; ++h)
+      for (long long r = 0; r < t.T; ++r)
+        for (long long c = 0; c < width; ++c) out[k++] = from_storage(dt, t.data[t.index(b, h, r, col0 + c)]);
+  return out;
+}
+
+struct DeviceTensor {
+  rt::DeviceBuffer buf;
+  const HostTensor* host;
+  TensorView view(long long col0, long long width) const {
+    TensorView v;
+    v.ptr = static_cast<const std::uint16_t*>(buf.data()) + col0;
+    v.shape = {host->B, host->H, host->T, width};
+    v.stride = host->strides();
+    return v;
+  }
+};
+
+DeviceTensor upload(const HostTensor& t) {
+  DeviceTensor d{rt::DeviceBuffer(t.data.size() * 2), &t};
+  d.buf.upload(t.data.data(), t.data.size() * 2);
+  return d;
+}
+
+}  // namespace
+
+std::string_view to_string(Layout l) {
+  switch (l) {
+    case Layout::kSeparate: return "separate";
+    case Layout::kStrided: return "strided";
+    case Layout::kPaired: return "paired";
+    case Layout::kFolded: return "folded";
+  }
+  return "?";
+}
+
+Layout parse_layout(std::string_view s) {
+  for (Layout l : {Layout::kSeparate, Layout::kStrided, Layout::kPaired, Layout::kFolded}) {
+    if (to_string(l) == s) return l;
+  }
+  throw gen::SpecError({fmt::format("layout={}: must be separate, strided, paired or folded", s)});
+}
+
+double forward_flops(const gen::AttentionSpec& s, const Shape& sh) {
+  double f = 2.0 * sh.batch * sh.heads * static_cast<double>(sh.seqlen_q) * sh.seqlen_k *
+             (s.d_std + s.r + s.head_dim);
+  if (s.causal && sh.seqlen_q == sh.seqlen_k) f *= 0.5;
+  return f;
+}
+
+CheckResult run_forward_check(const CheckOptions& opt) {
+  const gen::AttentionSpec& s = opt.spec;
+  gen::require_valid(s);
+  const Shape& sh = opt.shape;
+  const long long B = sh.batch, H = sh.heads, Tq = sh.seqlen_q, Tk = sh.seqlen_k;
+  const long long Ds = s.d_std, R = s.r, Dv = s.head_dim;
+  if (opt.layout == Layout::kPaired && Tq != Tk) {
+    throw gen::SpecError({"layout=paired: needs seqlen_q == seqlen_k (Q and K share rows)"});
+  }
+  std::mt19937_64 rng(opt.seed);
+  const gen::Dtype dt = s.dtype;
+  const bool inner = opt.layout != Layout::kSeparate;
+
+  // Host tensors. Columns are placed as the layout says; the reference reads them back.
+  HostTensor qa, ka, qlow_t, klow_t;  // per layout, some of these are unused
+  const HostTensor v = make_tensor(rng, dt, B, H, Tk, Dv, inner, 1.0);
+  const bool fused = opt.layout == Layout::kPaired || opt.layout == Layout::kFolded;
+  if (fused) {
+    qa = make_tensor(rng, dt, B, H, Tq, Ds + R, true, 1.0);  // paired: Q rows; folded: Qf rows
+    ka = make_tensor(rng, dt, B, H, Tk, Ds + R, true, 1.0);
+  } else {
+    qa = make_tensor(rng, dt, B, H, Tq, Ds, inner, 1.0);      // q_std
+    ka = make_tensor(rng, dt, B, H, Tk, Ds, inner, 1.0);      // k_std
+    klow_t = make_tensor(rng, dt, B, H, Tq, std::max(R, 1LL), inner, 1.0);
+    qlow_t = make_tensor(rng, dt, B, H, Tk, std::max(R, 1LL), inner, 1.0);
+  }
+  const long long bias_batch = opt.bias_per_batch ? B : 1;
+  std::vector<float> bias(static_cast<std::size_t>(bias_batch * H * Tk));
+  std::normal_distribution<float> unit(0.f, 1.f);
+  for (auto& x : bias) x = unit(rng);
+  std::vector<float> w_std(H), w_rec(H), w_disc(H);
+  std::uniform_real_distribution<float> gate(0.5f, 1.5f);
+  for (long long h = 0; h < H; ++h) {
+    w_std[h] = gate(rng);
+    w_rec[h] = gate(rng);
+    w_disc[h] = gate(rng);
+  }
+
+  // Device side.
+  rt::make_primary_context_current(0);
+  const DeviceTensor dv = upload(v), dqa = upload(qa), dka = upload(ka);
+  std::optional<DeviceTensor> dkl, dql;
+  if (!fused) {
+    dkl.emplace(upload(klow_t));
+    dql.emplace(upload(qlow_t));
+  }
+  rt::DeviceBuffer dbias(bias.size() * 4), dgates(static_cast<std::size_t>(3 * H) * 4);
+  dbias.upload(bias.data(), bias.size() * 4);
+  dgates.upload(w_std.data(), H * 4, 0);
+  dgates.upload(w_rec.data(), H * 4, H * 4);
+  dgates.upload(w_disc.data(), H * 4, 2 * H * 4);
+  const std::size_t o_elems = static_cast<std::size_t>(B * H * Tq * Dv);
+  rt::DeviceBuffer dout(o_elems * 2), dlse(static_cast<std::size_t>(B * H * Tq) * 4);
+
+  ForwardArgs args;
+  args.spec = s;
+  if (opt.layout == Layout::kPaired) {  // q_std=Q[:Ds], k_low=K[Ds:], k_std=K[:Ds], q_low=Q[Ds:]
+    args.q_std = dqa.view(0, Ds);
+    args.k_low = dka.view(Ds, R);
+    args.k_std = dka.view(0, Ds);
+    args.q_low = dqa.view(Ds, R);
+  } else if (opt.layout == Layout::kFolded) {  // q_std=Qf[:Ds], k_low=Qf[Ds:], k_std=Kf[:Ds], q_low=Kf[Ds:]
+    args.q_std = dqa.view(0, Ds);
+    args.k_low = dqa.view(Ds, R);
+    args.k_std = dka.view(0, Ds);
+    args.q_low = dka.view(Ds, R);
+  } else {
+    args.q_std = dqa.view(0, Ds);
+    args.k_std = dka.view(0, Ds);
+    args.k_low = dkl->view(0, R);
+    args.q_low = dql->view(0, R);
+  }
+  args.v = dv.view(0, Dv);
+  args.o.ptr = dout.data();
+  args.o.shape = {B, H, Tq, Dv};
+  args.o.stride = {H * Tq * Dv, Tq * Dv, Dv, 1};
+  args.lse = static_cast<float*>(dlse.data());
+  if (s.bias == gen::BiasKind::kColumn) {
+    args.bias.ptr = static_cast<const float*>(dbias.data());
+    args.bias.batch_stride = opt.bias_per_batch ? H * Tk : 0;
+    args.bias.head_stride = Tk;
+  }
+  if (opt.random_gates) {
+    const float* g = static_cast<const float*>(dgates.data());
+    args.w_std = g;
+    args.w_rec = g + H;
+    args.w_disc = g + 2 * H;
+  }
+  args.scale = opt.scale;
+  args.tile = opt.tile;
+
+  dout.fill_bytes(0xff);  // poison: NaN everywhere until written
+  dlse.fill_bytes(0xff);
+  const LaunchRecord rec = forward(args);
+  RAJIT_CU_CHECK(rt::driver().cuCtxSynchronize(), "running {}", rec.kernel);
+
+  CheckResult res;
+  res.kernel = rec.kernel;
+  res.tile = rec.tile;
+  res.tolerance = dt == gen::Dtype::kFp16 ? 2e-3 : 8e-3;
+  if (opt.check) {
+    std::vector<std::uint16_t> o(o_elems);
+    std::vector<float> lse(static_cast<std::size_t>(B * H * Tq));
+    dout.download(o.data(), o.size() * 2);
+    dlse.download(lse.data(), lse.size() * 4);
+
+    RefProblem ref;
+    ref.spec = s;
+    ref.batch = static_cast<int>(B);
+    ref.heads = static_cast<int>(H);
+    ref.seqlen_q = static_cast<int>(Tq);
+    ref.seqlen_k = static_cast<int>(Tk);
+    ref.bias_batch = static_cast<int>(bias_batch);
+    ref.scale = opt.scale;
+    if (opt.layout == Layout::kPaired) {
+      ref.q_std = extract(qa, dt, 0, Ds);
+      ref.q_low = extract(qa, dt, Ds, R);
+      ref.k_std = extract(ka, dt, 0, Ds);
+      ref.k_low = extract(ka, dt, Ds, R);
+    } else if (opt.layout == Layout::kFolded) {
+      ref.q_std = extract(qa, dt, 0, Ds);
+      ref.k_low = extract(qa, dt, Ds, R);
+      ref.k_std = extract(ka, dt, 0, Ds);
+      ref.q_low = extract(ka, dt, Ds, R);
+    } else {
+      ref.q_std = extract(qa, dt, 0, Ds);
+      ref.k_std = extract(ka, dt, 0, Ds);
+      ref.k_low = extract(klow_t, dt, 0, R);
+      ref.q_low = extract(qlow_t, dt, 0, R);
+    }
+    ref.v = extract(v, dt, 0, Dv);
+    if (s.bias == gen::BiasKind::kColumn) ref.bias.assign(bias.begin(), bias.end());
+    if (opt.random_gates) {
+      ref.w_std.assign(w_std.begin(), w_std.end());
+      ref.w_rec.assign(w_rec.begin(), w_rec.end());
+      ref.w_disc.assign(w_disc.begin(), w_disc.end());
+    }
+    const RefForward want = reference_forward(ref);
+
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < o_elems; ++i) {
+      if (o[i] == kPoison) {
+        ++res.unwritten;
+        continue;
+      }
+      const double got = from_storage(dt, o[i]);
+      if (!std::isfinite(got)) {
+        ++res.non_finite;
+        continue;
+      }
+      num += (got - want.o[i]) * (got - want.o[i]);
+      den += want.o[i] * want.o[i];
+    }
+    res.rel_err_o = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+    for (std::size_t i = 0; i < lse.size(); ++i) {
+      std::uint32_t bits;
+      std::memcpy(&bits, &lse[i], 4);
+      if (bits == 0xffffffffu) {
+        ++res.unwritten;
+      } else if (std::isinf(want.lse[i])) {
+        if (!(std::isinf(lse[i]) && lse[i] < 0)) ++res.non_finite;
+      } else if (!std::isfinite(lse[i])) {
+        ++res.non_finite;
+      } else {
+        res.max_abs_err_lse = std::max(res.max_abs_err_lse, std::abs(lse[i] - want.lse[i]));
+      }
+    }
+    res.checked = true;
+    res.passed = res.unwritten == 0 && res.non_finite == 0 && res.rel_err_o <= res.tolerance &&
+                 res.max_abs_err_lse <= 1e-2;
+  }
+
+  if (opt.timing_iters > 0) {
+    const rt::DriverApi& api = rt::driver();
+    CUevent start = nullptr, stop = nullptr;
+    RAJIT_CU_CHECK(api.cuEventCreate(&start, CU_EVENT_DEFAULT), "creating an event");
+    RAJIT_CU_CHECK(api.cuEventCreate(&stop, CU_EVENT_DEFAULT), "creating an event");
+    for (int i = 0; i < 3; ++i) forward(args);  // warm-up
+    std::vector<float> ms;
+    for (int i = 0; i < opt.timing_iters; ++i) {
+      RAJIT_CU_CHECK(api.cuEventRecord(start, nullptr), "recording an event");
+      forward(args);
+      RAJIT_CU_CHECK(api.cuEventRecord(stop, nullptr), "recording an event");
+      RAJIT_CU_CHECK(api.cuEventSynchronize(stop), "waiting for an event");
+      float t = 0;
+      RAJIT_CU_CHECK(api.cuEventElapsedTime(&t, start, stop), "reading an event");
+      ms.push_back(t);
+    }
+    api.cuEventDestroy(start);
+    api.cuEventDestroy(stop);
+    std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
+    res.median_ms = ms[ms.size() / 2];
+    res.tflops = forward_flops(s, sh) / (res.median_ms * 1e-3) / 1e12;
+  }
+  return res;
+}
+
+}  // namespace rajit::tune

@@ -1,0 +1,56 @@
+/// Builds random inputs for a spec and shape, runs rajit::forward on the GPU and checks it against
+/// the float64 reference; shared by `rajit run`, `rajit bench` and the gpu test tier.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "generator/spec.hpp"
+#include "tuner/heuristic.hpp"
+
+namespace rajit::tune {
+
+/// How the four query/key operands sit in memory (ra-math.md's layouts; never copied).
+enum class Layout {
+  kSeparate,  ///< five contiguous (B,H,T,width) tensors
+  kStrided,   ///< (B,T,H,width) tensors: head-interleaved rows, as a projection emits them
+  kPaired,    ///< Q=[Q_std|Q_low], K=[K_std|K_low] as (B,T,H,Ds+R); needs Tq == Tk
+  kFolded,    ///< Qf=[Q_std|K_low] (B,T,H,Ds+R), Kf=[K_std|Q_low] (B,T,H,Ds+R)
+};
+std::string_view to_string(Layout);
+Layout parse_layout(std::string_view);  ///< Throws: gen::SpecError
+
+struct CheckOptions {
+  gen::AttentionSpec spec;
+  Shape shape;
+  Layout layout = Layout::kSeparate;
+  bool bias_per_batch = false;  ///< false: one bias vector per head shared over the batch
+  bool random_gates = true;     ///< false: gates are null (all ones)
+  double scale = 0;
+  std::optional<gen::TileConfig> tile;
+  std::uint64_t seed = 1;
+  bool check = true;     ///< compare with the float64 reference
+  int timing_iters = 0;  ///< > 0: also time that many launches (median, CUDA events)
+};
+
+struct CheckResult {
+  std::string kernel;
+  gen::TileConfig tile;
+  double rel_err_o = 0;      ///< |o - ref|_F / |ref|_F
+  double max_abs_err_lse = 0;
+  long long unwritten = 0;   ///< output elements still holding the poison
+  long long non_finite = 0;  ///< NaN/Inf in O, or NaN/+Inf in LSE
+  double tolerance = 0;      ///< ra-math.md's bound for this dtype
+  bool checked = false;
+  bool passed = false;
+  double median_ms = 0;
+  double tflops = 0;  ///< FlashAttention convention (ra-math.md)
+};
+
+/// FLOPs of one forward call in the FlashAttention convention.
+double forward_flops(const gen::AttentionSpec&, const Shape&);
+
+/// Runs one check on device 0 (or the current context's device). Throws: what forward() throws.
+CheckResult run_forward_check(const CheckOptions&);
+
+}  // namespace rajit::tune
