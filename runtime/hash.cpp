@@ -1,6 +1,8 @@
 /// Self-written SHA-256 (FIPS 180-4): small, dependency-free and stable across platforms and versions.
 #include "runtime/hash.hpp"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 namespace rajit::rt {

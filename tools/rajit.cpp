@@ -1,6 +1,7 @@
 /// The `rajit` command line: info, gen, run, bench, cache. Thin wrappers over the library.
 // Results go to stdout, logs to stderr. Exit codes: 0 ok, 1 failure, 2 usage, 77 no GPU.
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "runtime/error.hpp"
 #include "runtime/kernel_cache.hpp"
 #include "runtime/nvrtc.hpp"
+#include "tuner/bench.hpp"
 #include "tuner/forward.hpp"
 #include "tuner/harness.hpp"
 #include "tuner/heuristic.hpp"
@@ -201,6 +203,117 @@ int cmd_run(const SpecFlags& sf, const RunFlags& rf) {
   return all_passed ? kExitOk : kExitFailure;
 }
 
+
+struct BenchFlags {
+  std::vector<std::string> shapes;  // "BxHxT" or "BxHxTqxTk"
+  bool sweep = false, no_baseline = false, dispatch = false;
+  std::string format = "table";
+  int iters = 100, warmup = 10;
+};
+
+tune::Shape parse_shape(const std::string& text) {
+  std::vector<int> v;
+  std::size_t pos = 0;
+  while (pos <= text.size()) {
+    const std::size_t x = text.find('x', pos);
+    const std::string part = text.substr(pos, x == std::string::npos ? std::string::npos : x - pos);
+    try {
+      std::size_t used = 0;
+      v.push_back(std::stoi(part, &used));
+      if (used != part.size() || v.back() < 1) throw std::invalid_argument(part);
+    } catch (const std::exception&) {
+      v.clear();
+      break;
+    }
+    if (x == std::string::npos) break;
+    pos = x + 1;
+  }
+  if (v.size() != 3 && v.size() != 4) {
+    throw gen::SpecError({fmt::format("shapes={}: each shape must be BxHxT or BxHxTqxTk with "
+                                      "positive integers, e.g. 4x16x4096", text)});
+  }
+  return {v[0], v[1], v[2], v.size() == 4 ? v[3] : v[2]};
+}
+
+int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
+  if (bf.format != "table" && bf.format != "csv" && bf.format != "json") {
+    throw gen::SpecError({fmt::format("format={}: must be table, csv or json", bf.format)});
+  }
+  std::vector<tune::Shape> shapes;
+  for (const auto& t : bf.shapes) shapes.push_back(parse_shape(t));
+  if (shapes.empty()) shapes.push_back(sf.shape());
+  const auto specs = sf.specs();
+  const rt::DriverStatus drv = rt::probe_driver();
+  if (!drv.ok || rt::device_count() == 0) {
+    std::fprintf(stderr, "rajit: bench needs a GPU: %s\n", drv.ok ? "no device" : drv.reason.c_str());
+    return kExitNoGpu;
+  }
+  const std::string device = rt::device_info(0).name;
+  if (bf.dispatch) {
+    const double us = tune::bench_dispatch_us();
+    std::fprintf(stderr, "host dispatch (cache hit to launch), median: %.2f us\n", us);
+    if (bf.format == "json") fmt::print("{}\n", nlohmann::json{{"device", device}, {"dispatch_us", us}}.dump());
+    else fmt::print("dispatch_us,{:.3f}\n", us);
+  }
+  struct Row {
+    std::string spec, tile, shape, role;
+    double ms, tflops;
+  };
+  std::vector<Row> rows;
+  tune::BenchOptions opt;
+  opt.iters = bf.iters;
+  opt.warmup = bf.warmup;
+  for (const auto& shape : shapes) {
+    const std::string shape_text =
+        fmt::format("{}x{}x{}x{}", shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k);
+    for (const auto& s : specs) {
+      std::vector<std::pair<gen::AttentionSpec, std::string>> variants = {{s, "ra"}};
+      if (!bf.no_baseline && (s.r > 0 || s.bias != gen::BiasKind::kNone)) {
+        gen::AttentionSpec base = s;  // same contraction width and FLOPs, plain attention
+        base.d_std = s.d_std + s.r;
+        base.r = 0;
+        base.bias = gen::BiasKind::kNone;
+        variants.push_back({base, "baseline"});
+      }
+      for (const auto& [spec, role] : variants) {
+        std::vector<std::optional<gen::TileConfig>> tiles;
+        if (bf.sweep) {
+          for (const auto& t : gen::valid_tiles(spec, rt::device_info(0).max_smem_per_block_optin)) tiles.push_back(t);
+        } else {
+          tiles.push_back(sf.pinned());
+        }
+        for (const auto& t : tiles) {
+          const auto r = tune::bench_forward(spec, shape, t, opt);
+          rows.push_back({spec.key(), r.tile.key(), shape_text, role, r.median_ms, r.tflops});
+          std::fprintf(stderr, "%s %s %s: %.3f ms %.1f TFLOP/s\n", spec.key().c_str(),
+                       r.tile.key().c_str(), shape_text.c_str(), r.median_ms, r.tflops);
+        }
+      }
+    }
+  }
+  if (bf.format == "json") {
+    nlohmann::json j = {{"device", device}, {"rows", nlohmann::json::array()}};
+    for (const auto& r : rows) {
+      j["rows"].push_back({{"spec", r.spec}, {"tile", r.tile}, {"shape", r.shape}, {"role", r.role},
+                           {"ms", r.ms}, {"tflops", r.tflops}});
+    }
+    fmt::print("{}\n", j.dump(2));
+  } else if (bf.format == "csv") {
+    fmt::print("device,spec,role,shape,tile,ms,tflops\n");
+    for (const auto& r : rows) {
+      fmt::print("{},{},{},{},{},{:.4f},{:.1f}\n", device, r.spec, r.role, r.shape, r.tile, r.ms, r.tflops);
+    }
+  } else {
+    fmt::print("device: {}\n{:<42} {:<9} {:<18} {:<18} {:>9} {:>8}\n", device, "spec", "role",
+               "shape", "tile", "ms", "TFLOP/s");
+    for (const auto& r : rows) {
+      fmt::print("{:<42} {:<9} {:<18} {:<18} {:>9.3f} {:>8.1f}\n", r.spec, r.role, r.shape, r.tile,
+                 r.ms, r.tflops);
+    }
+  }
+  return kExitOk;
+}
+
 int cmd_cache(bool list, const std::vector<std::string>& names, bool all) {
   rt::DiskCache cache(rt::DiskCache::default_root());
   if (list) {
@@ -247,6 +360,17 @@ int main(int argc, char** argv) {
   run->add_option("--seed", rf.seed, "random seed of the inputs")->capture_default_str();
   run->add_option("--iters", rf.iters, "timed launches (median reported)")->capture_default_str();
   run->add_flag("--per-batch-bias", rf.per_batch_bias, "one bias vector per batch entry");
+  BenchFlags bf;
+  auto* bench = app.add_subcommand("bench", "time specs over shapes (CUDA events, median; FlashAttention "
+                                            "TFLOP/s) beside the r = 0, no-bias baseline");
+  sf.add_to(*bench);
+  bench->add_option("--shapes", bf.shapes, "BxHxT[xTk] list, e.g. 4x16x4096,2x16x8192")->delimiter(',');
+  bench->add_flag("--sweep", bf.sweep, "time every valid tile shape");
+  bench->add_flag("--no-baseline", bf.no_baseline, "skip the r = 0, no-bias rows");
+  bench->add_flag("--dispatch", bf.dispatch, "also measure host dispatch time per call");
+  bench->add_option("--format", bf.format, "table, csv or json")->capture_default_str();
+  bench->add_option("--iters", bf.iters, "timed launches per row")->capture_default_str();
+  bench->add_option("--warmup", bf.warmup, "untimed launches first")->capture_default_str();
   auto* cache = app.add_subcommand("cache", "the on-disk kernel cache ($RAJIT_CACHE_DIR)");
   cache->require_subcommand(1);
   auto* ls = cache->add_subcommand("ls", "list cached kernels");
@@ -265,6 +389,7 @@ int main(int argc, char** argv) {
     if (*info) return cmd_info();
     if (*genc) return cmd_gen(sf, gf);
     if (*run) return cmd_run(sf, rf);
+    if (*bench) return cmd_bench(sf, bf);
     if (*cache) {
       if (*rm && !rm_all && rm_names.empty()) {
         std::fprintf(stderr, "rajit: cache rm: give entry names or --all\n");

@@ -12,18 +12,20 @@ gen::TileConfig heuristic_tile(const gen::AttentionSpec& spec, const Shape& shap
   gen::require_valid(spec);
   (void)cc;
   const int width = std::max(spec.head_dim, spec.d_std + spec.r);
+  // Preferences from the H200 sweep of 2026-11-22 (docs/perf-notes.md, v1): 64-row tiles of
+  // 4 warps for narrow heads (more CTAs per SM), 128 x 64 tiles of 8 warps for 128-wide heads.
   std::vector<gen::TileConfig> prefs;
   if (width <= 64) {
-    prefs = {{128, 64, 4, 2}, {128, 64, 8, 2}, {64, 64, 4, 2}};
+    prefs = {{64, 64, 4, 2}, {128, 32, 4, 2}, {64, 32, 4, 2}};
   } else if (width <= 128) {
-    prefs = {{128, 64, 8, 2}, {128, 32, 8, 2}, {64, 64, 4, 2}};
+    prefs = {{128, 64, 8, 2}, {64, 64, 4, 2}, {64, 32, 4, 2}};
   } else {
     prefs = {{64, 32, 4, 2}, {64, 64, 4, 2}};
   }
-  // Short sequences: smaller query blocks keep more CTAs in flight.
-  if (static_cast<long long>(shape.batch) * shape.heads * ((shape.seqlen_q + 127) / 128) < 132) {
-    prefs.insert(prefs.begin(), gen::TileConfig{64, 64, 4, 2});
-  }
+  // Few query blocks: 64-row tiles put more CTAs on the SMs.
+  const long long blocks128 =
+      static_cast<long long>(shape.batch) * shape.heads * ((shape.seqlen_q + 127) / 128);
+  if (blocks128 < 2LL * 132 && width <= 128) prefs.insert(prefs.begin(), gen::TileConfig{64, 64, 4, 2});
   for (const auto& t : prefs) {
     if (gen::validate(spec, t, max_shared_bytes).empty()) return t;
   }

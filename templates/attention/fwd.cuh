@@ -101,7 +101,7 @@ struct FwdKernel {
     return smem + C::kQoBytes + stage * C::kStageBytes;
   }
 
-  // Gathers rows [row0, row0 + kRows) of [a | b] (widths kDStd | kR) into a swizzled tile; rows
+  // Gathers rows [row0, row0 + kRows) of [a | b] (widths kDStd | kR) into a padded tile; rows
   // past `rows_valid` are zero-filled by cp.async so that masked keys never meet garbage.
   template <class Tile, int kRows>
   __device__ __forceinline__ void load_folded(char* dst, const Operand2d& a, index_t a_off,
@@ -109,16 +109,37 @@ struct FwdKernel {
                                               int rows_valid) const {
     constexpr int kUnits = C::kDqk / C::kCopyElems;
     const u32 base = dev::smem_addr(dst);
-    for (int idx = tid; idx < kRows * kUnits; idx += C::kThreads) {
-      const int row = idx / kUnits;
-      const int col = (idx % kUnits) * C::kCopyElems;
-      const bool valid = row0 + row < rows_valid;
-      const index_t grow = valid ? row0 + row : 0;
-      const char* src =
-          col < C::kDStd
-              ? static_cast<const char*>(a.ptr) + 2 * (a_off + grow * a.row_stride + col)
-              : static_cast<const char*>(bop.ptr) + 2 * (b_off + grow * bop.row_stride + col - C::kDStd);
-      dev::cp_async<C::kCopyElems * 2>(base + 2 * Tile::offset(row, col), src, valid);
+    if constexpr (C::kThreads % kUnits == 0) {
+      // Each thread copies one fixed column unit, so its source operand (a or b), column and row
+      // stride are chosen once; the loop only advances the row. This keeps RA's two-source gather
+      // as cheap as a plain one-source load.
+      constexpr int kRowStep = C::kThreads / kUnits;
+      const int col = (tid % kUnits) * C::kCopyElems;
+      const int row_first = tid / kUnits;
+      const bool from_a = col < C::kDStd;
+      const Operand2d& op = from_a ? a : bop;
+      const char* src0 = static_cast<const char*>(op.ptr) +
+                         2 * ((from_a ? a_off : b_off) + (from_a ? col : col - C::kDStd));
+      const index_t stride_bytes = 2 * op.row_stride;
+#pragma unroll
+      for (int row = row_first; row < kRows; row += kRowStep) {
+        const bool valid = row0 + row < rows_valid;
+        const char* src = src0 + (valid ? row0 + row : 0) * stride_bytes;
+        dev::cp_async<C::kCopyElems * 2>(base + 2 * Tile::offset(row, col), src, valid);
+      }
+    } else {
+      for (int idx = tid; idx < kRows * kUnits; idx += C::kThreads) {
+        const int row = idx / kUnits;
+        const int col = (idx % kUnits) * C::kCopyElems;
+        const bool valid = row0 + row < rows_valid;
+        const index_t grow = valid ? row0 + row : 0;
+        const char* src =
+            col < C::kDStd
+                ? static_cast<const char*>(a.ptr) + 2 * (a_off + grow * a.row_stride + col)
+                : static_cast<const char*>(bop.ptr) +
+                      2 * (b_off + grow * bop.row_stride + col - C::kDStd);
+        dev::cp_async<C::kCopyElems * 2>(base + 2 * Tile::offset(row, col), src, valid);
+      }
     }
   }
 
@@ -282,6 +303,16 @@ struct FwdKernel {
       // Online softmax in base 2. Only tiles that cross the diagonal or the end need the mask.
       bool needs_mask = n0 + C::kBlockN > seqlen_k;
       if constexpr (C::Mask::kCausal) needs_mask = needs_mask || n0 + C::kBlockN - 1 > m0 + diag;
+      // This thread's bias columns, pre-scaled by w_disc * log2(e): read once, used by every row.
+      float bias_reg[C::Bias::kHasBias ? C::kSTiles : 1][2];
+      if constexpr (C::Bias::kHasBias) {
+#pragma unroll
+        for (int nt = 0; nt < C::kSTiles; ++nt) {
+          const float2 bv = *reinterpret_cast<const float2*>(bias_smem + nt * 8 + 2 * (lane % 4));
+          bias_reg[nt][0] = bv.x * bias_log2;
+          bias_reg[nt][1] = bv.y * bias_log2;
+        }
+      }
 #pragma unroll
       for (int mt = 0; mt < C::kRowTiles; ++mt) {
 #pragma unroll
@@ -293,8 +324,12 @@ struct FwdKernel {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int c = nt * 8 + 2 * (lane % 4) + e;
-              float x = s[mt][nt][half * 2 + e] * p.scale_log2;
-              if constexpr (C::Bias::kHasBias) x += bias_smem[c] * bias_log2;
+              float x;
+              if constexpr (C::Bias::kHasBias) {
+                x = fmaf(s[mt][nt][half * 2 + e], p.scale_log2, bias_reg[nt][e]);
+              } else {
+                x = s[mt][nt][half * 2 + e] * p.scale_log2;
+              }
               if (needs_mask) {
                 const bool visible = n0 + c < seqlen_k && (!C::Mask::kCausal || n0 + c <= row + diag);
                 if (!visible) x = -__int_as_float(0x7f800000);

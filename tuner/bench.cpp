@@ -1,0 +1,146 @@
+/// bench_forward() and bench_dispatch_us(): the measurements behind `rajit bench`.
+#include "tuner/bench.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "runtime/device_buffer.hpp"
+#include "runtime/driver.hpp"
+#include "tuner/forward.hpp"
+#include "tuner/harness.hpp"
+#include "tuner/host_numeric.hpp"
+
+namespace rajit::tune {
+namespace {
+
+// One complete set of inputs and outputs on the device, filled from shared random host data.
+struct InputSet {
+  rt::DeviceBuffer q_std, k_low, k_std, q_low, v, o, lse, bias, gates;
+  ForwardArgs args;
+};
+
+std::unique_ptr<InputSet> make_set(const gen::AttentionSpec& s, const Shape& sh,
+                                   const std::vector<std::uint16_t>& noise,
+                                   const std::vector<float>& fnoise) {
+  auto set = std::make_unique<InputSet>();
+  const long long B = sh.batch, H = sh.heads, Tq = sh.seqlen_q, Tk = sh.seqlen_k;
+  const auto fill = [&](rt::DeviceBuffer& buf, TensorView& view, long long T, long long W) {
+    const std::size_t n = static_cast<std::size_t>(B * H * T * std::max(W, 1LL));
+    buf = rt::DeviceBuffer(n * 2);
+    for (std::size_t off = 0; off < n; off += noise.size()) {
+      buf.upload(noise.data(), std::min(noise.size(), n - off) * 2, off * 2);
+    }
+    view.ptr = buf.data();
+    view.shape = {B, H, T, W};
+    view.stride = {H * T * W, T * W, W, 1};
+  };
+  ForwardArgs& a = set->args;
+  a.spec = s;
+  fill(set->q_std, a.q_std, Tq, s.d_std);
+  fill(set->k_std, a.k_std, Tk, s.d_std);
+  if (s.r > 0) {
+    fill(set->k_low, a.k_low, Tq, s.r);
+    fill(set->q_low, a.q_low, Tk, s.r);
+  }
+  fill(set->v, a.v, Tk, s.head_dim);
+  TensorView o_view;
+  fill(set->o, o_view, Tq, s.head_dim);
+  a.o = o_view;
+  set->lse = rt::DeviceBuffer(static_cast<std::size_t>(B * H * Tq) * 4);
+  a.lse = static_cast<float*>(set->lse.data());
+  set->gates = rt::DeviceBuffer(static_cast<std::size_t>(3 * H) * 4);
+  set->gates.upload(fnoise.data(), static_cast<std::size_t>(3 * H) * 4);
+  const float* g = static_cast<const float*>(set->gates.data());
+  a.w_std = g;
+  a.w_rec = g + H;
+  a.w_disc = g + 2 * H;
+  if (s.bias == gen::BiasKind::kColumn) {
+    set->bias = rt::DeviceBuffer(static_cast<std::size_t>(H * Tk) * 4);
+    for (long long off = 0; off < H * Tk; off += static_cast<long long>(fnoise.size())) {
+      const auto n = std::min(static_cast<long long>(fnoise.size()), H * Tk - off);
+      set->bias.upload(fnoise.data(), static_cast<std::size_t>(n) * 4, static_cast<std::size_t>(off) * 4);
+    }
+    a.bias = {static_cast<const float*>(set->bias.data()), 0, Tk};
+  }
+  return set;
+}
+
+}  // namespace
+
+BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
+                          std::optional<gen::TileConfig> tile, const BenchOptions& opt) {
+  rt::make_primary_context_current(0);
+  const rt::DeviceInfo dev = rt::device_info(0);
+  std::mt19937_64 rng(12345);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<std::uint16_t> noise(1 << 20);
+  for (auto& x : noise) x = to_storage(s.dtype, dist(rng));
+  std::vector<float> fnoise(1 << 16);
+  std::uniform_real_distribution<float> gate(0.5f, 1.5f);
+  for (auto& x : fnoise) x = gate(rng);
+
+  const double set_bytes =
+      2.0 * sh.batch * sh.heads *
+      (static_cast<double>(sh.seqlen_q) * (s.d_std + s.r + s.head_dim) +
+       static_cast<double>(sh.seqlen_k) * (s.d_std + s.r + s.head_dim));
+  int sets = static_cast<int>(std::ceil(opt.l2_multiple * dev.l2_bytes / set_bytes));
+  sets = std::clamp(sets, 1, 64);
+  std::vector<std::unique_ptr<InputSet>> inputs;
+  for (int i = 0; i < sets; ++i) {
+    inputs.push_back(make_set(s, sh, noise, fnoise));
+    inputs.back()->args.tile = tile;
+  }
+
+  const rt::DriverApi& api = rt::driver();
+  BenchResult res;
+  res.input_sets = sets;
+  for (int i = 0; i < opt.warmup; ++i) res.tile = forward(inputs[i % sets]->args).tile;
+  std::vector<CUevent> events(static_cast<std::size_t>(opt.iters) + 1);
+  for (auto& e : events) RAJIT_CU_CHECK(api.cuEventCreate(&e, CU_EVENT_DEFAULT), "creating an event");
+  RAJIT_CU_CHECK(api.cuEventRecord(events[0], nullptr), "recording an event");
+  for (int i = 0; i < opt.iters; ++i) {
+    forward(inputs[i % sets]->args);
+    RAJIT_CU_CHECK(api.cuEventRecord(events[static_cast<std::size_t>(i) + 1], nullptr), "recording an event");
+  }
+  RAJIT_CU_CHECK(api.cuEventSynchronize(events.back()), "waiting for the benchmark");
+  std::vector<float> ms(static_cast<std::size_t>(opt.iters));
+  for (std::size_t i = 0; i < ms.size(); ++i) {
+    RAJIT_CU_CHECK(api.cuEventElapsedTime(&ms[i], events[i], events[i + 1]), "reading an event");
+  }
+  for (auto& e : events) api.cuEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  res.median_ms = ms[ms.size() / 2];
+  res.min_ms = ms.front();
+  res.tflops = forward_flops(s, sh) / (res.median_ms * 1e-3) / 1e12;
+  return res;
+}
+
+double bench_dispatch_us(int calls) {
+  rt::make_primary_context_current(0);
+  const gen::AttentionSpec s{56, 8, 64, true, gen::BiasKind::kColumn, gen::Dtype::kBf16};
+  const Shape sh{1, 1, 16, 16};
+  std::vector<std::uint16_t> noise(4096, to_storage(s.dtype, 0.5f));
+  std::vector<float> fnoise(64, 1.0f);
+  auto set = make_set(s, sh, noise, fnoise);
+  const rt::DriverApi& api = rt::driver();
+  forward(set->args);  // compile or load outside the timing
+  RAJIT_CU_CHECK(api.cuCtxSynchronize(), "warming up");
+  std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(calls));
+  for (int i = 0; i < calls; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    forward(set->args);
+    const auto t1 = std::chrono::steady_clock::now();
+    us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    if (i % 256 == 255) RAJIT_CU_CHECK(api.cuCtxSynchronize(), "draining the queue");
+  }
+  RAJIT_CU_CHECK(api.cuCtxSynchronize(), "draining the queue");
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
+}  // namespace rajit::tune

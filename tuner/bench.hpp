@@ -1,0 +1,34 @@
+/// Timing of the forward kernel: CUDA events, warm-up, median of many runs, inputs rotated so the
+/// working set is several times the L2 (S45); also the host dispatch microbenchmark.
+#pragma once
+#include <optional>
+
+#include "generator/spec.hpp"
+#include "tuner/heuristic.hpp"
+
+namespace rajit::tune {
+
+struct BenchOptions {
+  int warmup = 10;
+  int iters = 100;
+  double l2_multiple = 4;  ///< rotate input sets until they cover this many times the L2
+};
+
+struct BenchResult {
+  gen::TileConfig tile;
+  double median_ms = 0, min_ms = 0;
+  double tflops = 0;  ///< FlashAttention convention, from the median
+  int input_sets = 0;
+};
+
+/// Times forward() for (spec, shape) with the pinned tile or the heuristic one, on device 0.
+/// Inputs are random (never zeros), separate (B,H,T,width) tensors, gates and bias set.
+/// Throws: what forward() throws.
+BenchResult bench_forward(const gen::AttentionSpec&, const Shape&, std::optional<gen::TileConfig>,
+                          const BenchOptions& = {});
+
+/// Median host time of one forward() call on a warm cache (enqueue only; tiny problem), in
+/// microseconds. Throws: what forward() throws.
+double bench_dispatch_us(int calls = 20000);
+
+}  // namespace rajit::tune
