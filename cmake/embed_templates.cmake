@@ -7,7 +7,7 @@ function(rajit_embed_templates out_file)
     COMMAND ${CMAKE_COMMAND} -DOUT=${out_file} -DROOT=${PROJECT_SOURCE_DIR}/templates
             "-DFILES=${files}" -P ${PROJECT_SOURCE_DIR}/cmake/embed_templates.cmake
     DEPENDS ${files} ${PROJECT_SOURCE_DIR}/cmake/embed_templates.cmake
-    COMMENT "Embedding ${CMAKE_CURRENT_LIST_LENGTH} rajit templates"
+    COMMENT "Embedding rajit templates"
     VERBATIM)
 endfunction()
 

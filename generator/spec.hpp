@@ -78,7 +78,7 @@ void require_valid(const AttentionSpec&);  ///< Throws: SpecError listing valida
 void require_valid(const AttentionSpec&, const TileConfig&, int max_shared_bytes);
 
 /// Every TileConfig the shared validity rule accepts for this spec and shared-memory limit, in
-/// key order (the tuner's search space).
+/// numeric (block_m, block_n, warps, stages) order (the tuner's search space).
 std::vector<TileConfig> valid_tiles(const AttentionSpec&, int max_shared_bytes);
 
 /// Procedural kernel entry name: "rajit_fwd_bf16_ds56_r8_d64_causal_colbias_bm128_bn64_w4_s2".

@@ -141,9 +141,14 @@ int cmd_gen(const SpecFlags& sf, const GenFlags& gf) {
   for (const auto& k : kernels) {
     std::string files;
     for (const auto& f : k.files) files += (files.empty() ? "" : " ") + f;
-    fmt::print("{:<48} {:<18} {:<7} {:>5} {:>7} {:>6}  {}\n", k.spec_key, k.tile_key, k.arch,
-               k.resources.registers, k.shared_bytes,
-               k.resources.spill_store_bytes + std::max(0, k.resources.spill_load_bytes), files);
+    const bool compiled = k.resources.registers >= 0;  // --emit cu alone compiles nothing
+    const std::string regs = compiled ? std::to_string(k.resources.registers) : "-";
+    const std::string spill =
+        compiled ? std::to_string(std::max(0, k.resources.spill_store_bytes) +
+                                  std::max(0, k.resources.spill_load_bytes))
+                 : "-";
+    fmt::print("{:<48} {:<18} {:<7} {:>5} {:>7} {:>6}  {}\n", k.spec_key, k.tile_key, k.arch, regs,
+               k.shared_bytes, spill, files);
   }
   fmt::print("manifest: {}\n", (opt.out_dir / "manifest.json").string());
   return kExitOk;

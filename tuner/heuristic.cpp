@@ -31,8 +31,14 @@ gen::TileConfig heuristic_tile(const gen::AttentionSpec& spec, const Shape& shap
   }
   const auto all = gen::valid_tiles(spec, max_shared_bytes);
   if (all.empty()) {
-    throw gen::SpecError({fmt::format("spec {}: no tile shape fits in {} bytes of shared memory",
-                                      spec.key(), max_shared_bytes)});
+    std::vector<std::string> why = {fmt::format(
+        "spec {}: no tile shape fits this device ({} bytes of shared memory per block); the "
+        "smallest tile fails because:",
+        spec.key(), max_shared_bytes)};
+    for (auto& p : gen::validate(spec, gen::TileConfig{64, 32, 4, 2}, max_shared_bytes)) {
+      why.push_back("  " + p);
+    }
+    throw gen::SpecError(std::move(why));
   }
   return all.front();
 }

@@ -63,7 +63,7 @@ std::vector<EmittedKernel> emit_kernels(const std::vector<KernelChoice>& choices
         const std::string stem = fmt::format("{}.{}", src.readable_key, arch.name());
         rt::KernelRequest req{src.readable_key, src.entry, src.text, src.options, arch.name(),
                               src.template_set_hash};
-        k.full_key = rt::full_key(req);
+        k.full_key = rt::cache_file_name(req);  // names the runtime cache entry it matches
         if (opt.cu) {
           // The .cu carries its own header comment; nvcc -cubin compiles it with no -I.
           const auto path = opt.out_dir / (stem + ".cu");

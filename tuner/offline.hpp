@@ -26,7 +26,7 @@ struct EmittedKernel {
   rt::ResourceUsage resources;     ///< from NVRTC's ptxas report (cubin only)
   int shared_bytes = 0;            ///< dynamic shared memory per block
   int threads = 0;
-  std::string full_key;            ///< the kernel-cache key of this (source, options, arch)
+  std::string full_key;            ///< kernel-cache file name (readable prefix + key hash)
 };
 
 /// Generates, compiles (when ptx or cubin is asked for) and writes every (choice, arch) under

@@ -44,7 +44,7 @@ struct FwdConfig {
   static constexpr int kOTiles = kHeadDim / 8;               // n8 tiles of O per row tile
   static constexpr int kQkSteps = kDqkPad / 16;              // k16 steps of Q K^T
   static constexpr int kPvSteps = kBlockN / 16;              // k16 steps of P V
-  static constexpr bool kQInRegisters = kDqkPad <= 128;
+  static constexpr bool kQInRegisters = fwd_q_in_registers(kDStd, kR, kHeadDim);
   static constexpr int kQoCols = kDqkPad > kHeadDim ? kDqkPad : kHeadDim;
   // Shared memory, bytes: [Q (later O)] [stage 0: K | V | bias] [stage 1] ...
   static constexpr int kQoBytes = kBlockM * (kQoCols + 8) * 2;  // rows padded by 16 bytes

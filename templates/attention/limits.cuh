@@ -82,6 +82,12 @@ RAJIT_HOST_DEVICE constexpr int fwd_shared_bytes(int d_std, int r, int head_dim,
   return q_or_o + stages * per_stage;
 }
 
+/// Whether the query fragments live in registers for the whole key loop (else they are re-read
+/// from shared memory at every k-step): only when both they and the O accumulators are small.
+RAJIT_HOST_DEVICE constexpr bool fwd_q_in_registers(int d_std, int r, int head_dim) {
+  return padded_contraction(d_std, r) <= 128 && head_dim <= 128;
+}
+
 /// 32-bit registers per thread held by the accumulators and the query fragments (a lower bound on
 /// what the kernel needs; the nvrtc tier checks the compiler's real count has no spills).
 RAJIT_HOST_DEVICE constexpr int fwd_accumulator_registers(int d_std, int r, int head_dim,
@@ -90,7 +96,7 @@ RAJIT_HOST_DEVICE constexpr int fwd_accumulator_registers(int d_std, int r, int 
   const int dqk = padded_contraction(d_std, r);
   const int o_acc = row_tiles * (head_dim / 8) * 4;
   const int s_acc = row_tiles * (block_n / 8) * 4;
-  const int q_frag = dqk <= 128 ? row_tiles * (dqk / 16) * 4 : 0;  // larger Q stays in smem
+  const int q_frag = fwd_q_in_registers(d_std, r, head_dim) ? row_tiles * (dqk / 16) * 4 : 0;
   return o_acc + s_acc + q_frag;
 }
 

@@ -30,6 +30,7 @@ const std::vector<SpecCase> kSpecs = {
     {120, 8, 128, true, BiasKind::kColumn}, {24, 4, 32, false, BiasKind::kNone},
     {88, 8, 96, true, BiasKind::kColumn},   {128, 128, 128, true, BiasKind::kNone},
     {248, 8, 256, true, BiasKind::kColumn}, {36, 0, 64, false, BiasKind::kColumn},
+    {64, 0, 256, true, BiasKind::kNone},    {120, 8, 256, false, BiasKind::kColumn},
 };
 
 const std::vector<Shape> kShapes = {

@@ -62,9 +62,9 @@ void check_golden(const rajit::gen::AttentionSpec& spec, const rajit::gen::TileC
 
 }  // namespace
 
-// The seeds' config (ds56 r8 d64, causal, column bias, bf16). Its tile is bm128.bn64.w8.s2: the
-// heuristic's choice at B=4 H=16 T=4096; bm128.bn64.w4.s2 needs 160 accumulator registers, over
-// the budget of 150 (limits.cuh), so it is not a valid tile any more.
+// The seeds' config (ds56 r8 d64, causal, column bias, bf16) with tile bm128.bn64.w8.s2 (two MMA
+// row tiles per warp would be bm128.bn64.w4.s2, but that needs 160 accumulator registers, over
+// limits.cuh's budget of 150, so generate_forward rejects it).
 TEST_CASE("golden: the seeds' config with bm128.bn64.w8.s2 matches tests/golden byte for byte") {
   check_golden({56, 8, 64, true, rajit::gen::BiasKind::kColumn, rajit::gen::Dtype::kBf16},
                {128, 64, 8, 2});

@@ -312,7 +312,7 @@ TEST_CASE("TileConfig: tile validity follows the documented rules exactly") {
       const bool rows_ok = t.block_m % (16 * t.warps) == 0 && row_tiles >= 1 && row_tiles <= 2;
       const int dqk = (s.d_std + s.r + 15) / 16 * 16;
       const int regs = row_tiles * (s.head_dim / 8) * 4 + row_tiles * (t.block_n / 8) * 4 +
-                       (dqk <= 128 ? row_tiles * (dqk / 16) * 4 : 0);
+                       (dqk <= 128 && s.head_dim <= 128 ? row_tiles * (dqk / 16) * 4 : 0);
       const bool regs_ok = rows_ok && regs <= rajit::attn::kRegisterBudget;
       const int bytes = t.block_m * (std::max(dqk, s.head_dim) + 8) * 2 +
                         t.stages * (t.block_n * (dqk + 8 + s.head_dim + 8) * 2 + t.block_n * 4);

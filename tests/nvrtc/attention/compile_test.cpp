@@ -76,7 +76,8 @@ TEST_CASE("forward kernels: the heuristic tile of every grid spec compiles for s
   std::vector<Job> jobs;
   const int d_stds[][3] = {{56, 8, 64},   {60, 4, 64},   {64, 0, 64},    {64, 64, 64},
                            {120, 8, 128}, {24, 4, 32},   {88, 8, 96},    {128, 128, 128},
-                           {248, 8, 256}, {36, 0, 64},   {32, 0, 32},    {256, 0, 256}};
+                           {248, 8, 256}, {36, 0, 64},   {32, 0, 32},    {256, 0, 256},
+                           {64, 0, 256},  {120, 8, 256}};
   for (const auto& d : d_stds)
     for (bool causal : {true, false})
       for (Dtype dt : {Dtype::kBf16, Dtype::kFp16})
