@@ -257,22 +257,14 @@ std::optional<std::vector<char>> DiskCache::load(const std::string& file_name,
   return file;
 }
 
-std::optional<fs::path> DiskCache::write_atomically(const std::string& file_name,
-                                                    std::span<const char> bytes) noexcept {
+std::error_code replace_file_atomically(const fs::path& target, std::span<const char> bytes,
+                                       unsigned mode) noexcept {
   try {
-    if (!is_valid_cache_file_name(file_name)) {
-      log_warn("not writing cache file with invalid name '{}'", file_name);
-      return std::nullopt;
-    }
-    if (!ensure_root()) return std::nullopt;
-    const fs::path target = root_ / file_name;
-    const fs::path temp = root_ / temp_name_for(file_name);
-    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) {
-      log_warn("cannot write cache file {}: {}; continuing without it", target.string(),
-               errno_text(errno));
-      return std::nullopt;
-    }
+    const fs::path folder = target.parent_path().empty() ? fs::path(".") : target.parent_path();
+    const fs::path temp = folder / temp_name_for(target.filename().string());
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                          static_cast<mode_t>(mode));
+    if (fd < 0) return {errno, std::generic_category()};
     int err = 0;
     bool ok = write_all(fd, bytes.data(), bytes.size(), err);
     // fsync before rename: otherwise a crash can leave a renamed but empty file (ext4 delalloc).
@@ -290,15 +282,33 @@ std::optional<fs::path> DiskCache::write_atomically(const std::string& file_name
     }
     if (!ok) {
       ::unlink(temp.c_str());
-      log_warn("cannot write cache file {}: {}; continuing without it", target.string(),
-               errno_text(err));
-      return std::nullopt;
+      return {err, std::generic_category()};
     }
-    // Persist the rename itself; failure here only risks losing the entry, so it is not reported.
-    const int dir_fd = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    // Persist the rename itself; failure here only risks losing the file, so it is not reported.
+    const int dir_fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd >= 0) {
       ::fsync(dir_fd);
       ::close(dir_fd);
+    }
+    return {};
+  } catch (...) {
+    return std::make_error_code(std::errc::not_enough_memory);
+  }
+}
+
+std::optional<fs::path> DiskCache::write_atomically(const std::string& file_name,
+                                                    std::span<const char> bytes) noexcept {
+  try {
+    if (!is_valid_cache_file_name(file_name)) {
+      log_warn("not writing cache file with invalid name '{}'", file_name);
+      return std::nullopt;
+    }
+    if (!ensure_root()) return std::nullopt;
+    const fs::path target = root_ / file_name;
+    if (const std::error_code ec = replace_file_atomically(target, bytes, 0600)) {
+      log_warn("cannot write cache file {}: {}; continuing without it", target.string(),
+               ec.message());
+      return std::nullopt;
     }
     return target;
   } catch (...) {

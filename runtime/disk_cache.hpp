@@ -9,10 +9,17 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <utility>
 #include <vector>
 
 namespace rajit::rt {
+
+/// Writes `bytes` to `target` through a unique temporary file in the same folder, fsync and
+/// rename, so a reader sees the old file or the whole new one, never a part (S41). The temporary
+/// is removed on failure. Returns the error, or an empty code. Throws: nothing.
+std::error_code replace_file_atomically(const std::filesystem::path& target,
+                                        std::span<const char> bytes, unsigned mode = 0644) noexcept;
 
 /// A directory of entries. Each entry is one file:
 ///   "RAJITKC\0" | u32 format version | u32 key length | key bytes | u64 payload length |

@@ -402,11 +402,8 @@ int main(int argc, char** argv) {
       }
       return cmd_cache(static_cast<bool>(*ls), rm_names, rm_all);
     }
-  } catch (const gen::SpecError& e) {
+  } catch (const gen::SpecError& e) {  // also tune::ArgumentError
     std::fprintf(stderr, "rajit: invalid input:\n%s\n", e.what());
-    return kExitUsage;
-  } catch (const tune::ArgumentError& e) {
-    std::fprintf(stderr, "rajit: invalid arguments:\n%s\n", e.what());
     return kExitUsage;
   } catch (const std::filesystem::filesystem_error& e) {
     std::fprintf(stderr, "rajit: %s\n", e.what());

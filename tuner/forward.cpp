@@ -18,12 +18,6 @@
 namespace rajit::tune {
 namespace {
 
-std::string join_lines(const std::vector<std::string>& lines) {
-  std::string out;
-  for (const auto& l : lines) out += (out.empty() ? "" : "\n") + l;
-  return out;
-}
-
 constexpr long long kMaxGridY = 65535;
 
 void check_view(std::vector<std::string>& out, const char* name, const TensorView& t,
@@ -93,9 +87,6 @@ struct HotEntry {
 };
 
 }  // namespace
-
-ArgumentError::ArgumentError(std::vector<std::string> problems)
-    : std::invalid_argument(join_lines(problems)), problems_(std::move(problems)) {}
 
 std::vector<std::string> check_forward_args(const ForwardArgs& a) {
   std::vector<std::string> out = gen::validate(a.spec);

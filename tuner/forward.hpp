@@ -5,7 +5,6 @@
 
 #include <array>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -46,14 +45,11 @@ struct ForwardArgs {
 };
 
 /// Raised before anything launches when the arguments do not describe a valid call; what()
-/// lists every problem, one per line, each naming the field.
-class ArgumentError : public std::invalid_argument {
+/// lists every problem, one per line, each naming the field. A SpecError, so callers that catch
+/// "bad input" catch both.
+class ArgumentError : public gen::SpecError {
  public:
-  explicit ArgumentError(std::vector<std::string> problems);
-  const std::vector<std::string>& problems() const { return problems_; }
-
- private:
-  std::vector<std::string> problems_;
+  using gen::SpecError::SpecError;
 };
 
 /// Every problem with `args` that can be seen without touching the GPU (shapes, strides,

@@ -2,15 +2,12 @@
 #include "tuner/offline.hpp"
 
 #include <fmt/format.h>
-#include <unistd.h>
 
-#include <atomic>
-#include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "generator/kernel_source.hpp"
 #include "generator/render.hpp"
+#include "runtime/disk_cache.hpp"
 #include "runtime/error.hpp"
 #include "runtime/kernel_cache.hpp"
 #include "runtime/log.hpp"
@@ -18,21 +15,10 @@
 namespace rajit::tune {
 
 void write_file_atomic(const std::filesystem::path& path, std::string_view bytes) {
-  static std::atomic<unsigned> counter{0};
-  const std::filesystem::path tmp =
-      path.parent_path() / fmt::format(".{}.tmp.{}.{}", path.filename().string(), ::getpid(), counter++);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      std::error_code ignored;
-      std::filesystem::remove(tmp, ignored);
-      throw std::filesystem::filesystem_error("cannot write", tmp,
-                                              std::make_error_code(std::errc::io_error));
-    }
+  if (const std::error_code ec =
+          rt::replace_file_atomically(path, std::span<const char>(bytes.data(), bytes.size()))) {
+    throw std::filesystem::filesystem_error("cannot write", path, ec);
   }
-  std::filesystem::rename(tmp, path);
 }
 
 std::vector<EmittedKernel> emit_kernels(const std::vector<KernelChoice>& choices,

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace rajit::test::gen_support {
 
@@ -68,6 +70,19 @@ inline std::optional<std::string> read_text(const std::filesystem::path& p) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+/// True when some problem message contains `needle` (SpecError lists one problem per entry).
+inline bool has_problem(const std::vector<std::string>& problems, const std::string& needle) {
+  return std::any_of(problems.begin(), problems.end(),
+                     [&](const std::string& p) { return p.find(needle) != std::string::npos; });
+}
+
+/// The problems one per line, for CAPTURE in failure messages.
+inline std::string joined(const std::vector<std::string>& problems) {
+  std::string out;
+  for (const auto& p : problems) out += p + "\n";
+  return out;
 }
 
 }  // namespace rajit::test::gen_support

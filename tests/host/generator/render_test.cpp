@@ -27,6 +27,9 @@ using rajit::test::gen_support::write_text;
 
 namespace {
 
+using rajit::test::gen_support::has_problem;
+using rajit::test::gen_support::joined;
+
 // Problems of the SpecError `fn` throws; fails the test if it throws nothing or something else.
 template <class Fn>
 std::vector<std::string> problems_of(Fn&& fn) {
@@ -37,17 +40,6 @@ std::vector<std::string> problems_of(Fn&& fn) {
   }
   FAIL("expected a SpecError");
   return {};
-}
-
-bool has_problem(const std::vector<std::string>& problems, const std::string& needle) {
-  return std::any_of(problems.begin(), problems.end(),
-                     [&](const std::string& p) { return p.find(needle) != std::string::npos; });
-}
-
-std::string joined(const std::vector<std::string>& problems) {
-  std::string out;
-  for (const auto& p : problems) out += p + "\n";
-  return out;
 }
 
 // Splits on '\n' exactly (a trailing newline gives a last, empty piece).

@@ -9,6 +9,7 @@
 
 #include "generator/spec.hpp"
 #include "templates/attention/limits.cuh"
+#include "tests/host/generator/generator_test_support.hpp"
 
 using rajit::gen::Arch;
 using rajit::gen::AttentionSpec;
@@ -18,6 +19,9 @@ using rajit::gen::SpecError;
 using rajit::gen::TileConfig;
 
 namespace {
+
+using rajit::test::gen_support::has_problem;
+using rajit::test::gen_support::joined;
 
 // Every spec of a grid that mixes valid and invalid widths: keys do not depend on validity.
 std::vector<AttentionSpec> spec_grid() {
@@ -46,17 +50,6 @@ std::vector<TileConfig> tile_grid() {
     for (int bn : {16, 32, 64, 128, 256})
       for (int w : {1, 2, 4, 8, 16})
         for (int s : {0, 1, 2, 3, 4}) out.push_back(TileConfig{bm, bn, w, s});
-  return out;
-}
-
-bool has_problem(const std::vector<std::string>& problems, const std::string& needle) {
-  return std::any_of(problems.begin(), problems.end(),
-                     [&](const std::string& p) { return p.find(needle) != std::string::npos; });
-}
-
-std::string joined(const std::vector<std::string>& problems) {
-  std::string out;
-  for (const auto& p : problems) out += p + "\n";
   return out;
 }
 
