@@ -70,7 +70,8 @@ std::string AttentionSpec::key() const {
 }
 
 std::string TileConfig::key() const {
-  return fmt::format("bm{}.bn{}.w{}.s{}", block_m, block_n, warps, stages);
+  return fmt::format("bm{}.bn{}.w{}.s{}{}", block_m, block_n, warps, stages,
+                     mma == MmaKind::kWgmma ? ".wgmma" : "");
 }
 
 std::string Arch::name() const { return fmt::format("sm_{}{}", cc, arch_specific ? "a" : ""); }
@@ -111,11 +112,15 @@ AttentionSpec parse_spec_key(std::string_view key) {
 TileConfig parse_tile_key(std::string_view key) {
   const auto parts = split(key, '.');
   TileConfig t;
-  if (parts.size() != 4 || !parse_prefixed(parts[0], "bm", t.block_m) ||
+  const bool wgmma = parts.size() == 5 && parts[4] == "wgmma";
+  if ((parts.size() != 4 && !wgmma) || !parse_prefixed(parts[0], "bm", t.block_m) ||
       !parse_prefixed(parts[1], "bn", t.block_n) || !parse_prefixed(parts[2], "w", t.warps) ||
       !parse_prefixed(parts[3], "s", t.stages)) {
-    throw SpecError({fmt::format("tile key '{}': must look like bm128.bn64.w4.s2", key)});
+    throw SpecError({fmt::format(
+        "tile key '{}': must look like bm128.bn64.w4.s2 (mma.sync) or bm128.bn128.w8.s2.wgmma",
+        key)});
   }
+  if (wgmma) t.mma = MmaKind::kWgmma;
   return t;
 }
 
@@ -150,9 +155,51 @@ std::vector<std::string> validate(const AttentionSpec& s) {
   return out;
 }
 
+namespace {
+
+void validate_wgmma(std::vector<std::string>& out, const AttentionSpec& s, const TileConfig& t,
+                    int max_shared_bytes) {
+  const unsigned bad = attn::check_wgmma_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n,
+                                              t.warps, t.stages, max_shared_bytes);
+  if (bad & attn::kBadWgmmaShape) {
+    out.push_back(fmt::format(
+        "tile {}: a wgmma tile needs block_m in {{{}}}, block_n in {{{}}} and warps = block_m / 16 "
+        "(one warpgroup per 64 rows)",
+        t.key(), list_ints(attn::kWgmmaBlockMs, std::size(attn::kWgmmaBlockMs)),
+        list_ints(attn::kWgmmaBlockNs, std::size(attn::kWgmmaBlockNs))));
+  }
+  if (bad & attn::kBadWgmmaStages) {
+    out.push_back(fmt::format("stages={}: wgmma tiles need exactly {} (two key tiles in flight "
+                              "while a third loads)",
+                              t.stages, attn::kWgmmaStages));
+  }
+  if (bad & attn::kBadWgmmaHeadDim) {
+    out.push_back(fmt::format("head_dim={}: wgmma tiles support head_dim {}; use an mma.sync tile",
+                              s.head_dim,
+                              list_ints(attn::kWgmmaHeadDims, std::size(attn::kWgmmaHeadDims))));
+  }
+  if (bad & attn::kBadSharedMemory) {
+    out.push_back(fmt::format(
+        "tile {}: needs {} bytes of shared memory, the device allows {} per block", t.key(),
+        attn::wgmma_fwd_shared_bytes(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.stages),
+        max_shared_bytes));
+  }
+  if (bad & attn::kBadRegisters) {
+    out.push_back(fmt::format(
+        "tile {}: {} threads x {} accumulator registers exceed the register file", t.key(),
+        t.warps * 32, attn::wgmma_fwd_registers(s.head_dim, t.block_n)));
+  }
+}
+
+}  // namespace
+
 std::vector<std::string> validate(const AttentionSpec& s, const TileConfig& t,
                                   int max_shared_bytes) {
   std::vector<std::string> out = validate(s);
+  if (t.mma == MmaKind::kWgmma) {
+    validate_wgmma(out, s, t, max_shared_bytes);
+    return out;
+  }
   const unsigned bad = attn::check_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.warps,
                                         t.stages, max_shared_bytes);
   if (bad & attn::kBadBlockM) {
@@ -200,7 +247,8 @@ void require_valid(const AttentionSpec& s, const TileConfig& t, int max_shared_b
   }
 }
 
-std::vector<TileConfig> valid_tiles(const AttentionSpec& s, int max_shared_bytes) {
+std::vector<TileConfig> valid_tiles(const AttentionSpec& s, int max_shared_bytes,
+                                    bool with_wgmma) {
   std::vector<TileConfig> out;
   if (!validate(s).empty()) return out;
   for (int bm : attn::kBlockMs)
@@ -212,8 +260,20 @@ std::vector<TileConfig> valid_tiles(const AttentionSpec& s, int max_shared_bytes
             out.push_back(t);
           }
         }
+  if (!with_wgmma) return out;
+  for (int bm : attn::kWgmmaBlockMs)
+    for (int bn : attn::kWgmmaBlockNs)
+    {
+      const TileConfig t{bm, bn, bm / 16, attn::kWgmmaStages, MmaKind::kWgmma};
+      if (attn::check_wgmma_tile(s.d_std, s.r, s.head_dim, bm, bn, bm / 16, t.stages,
+                                 max_shared_bytes) == 0) {
+        out.push_back(t);
+      }
+    }
   return out;
 }
+
+bool runs_on(const TileConfig& t, int cc) { return t.mma == MmaKind::kSync || cc == 90; }
 
 std::string entry_name(const AttentionSpec& s, const TileConfig& t) {
   std::string name = "rajit_" + s.key() + "_" + t.key();

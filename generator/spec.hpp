@@ -40,14 +40,20 @@ struct AttentionSpec {
   friend bool operator==(const AttentionSpec&, const AttentionSpec&) = default;
 };
 
+/// Which tensor-core instruction family a forward tile uses: mma.sync (every arch from sm_80) or
+/// Hopper's warpgroup MMA (sm_90a only; one warpgroup of 4 warps per 64 query rows).
+enum class MmaKind { kSync, kWgmma };
+
 /// A tile shape for the forward kernel. The tuner varies only this.
 struct TileConfig {
   int block_m = 64;
   int block_n = 64;
   int warps = 4;
   int stages = 2;
+  MmaKind mma = MmaKind::kSync;
 
-  /// Canonical key, e.g. "bm128.bn64.w4.s2"; parse_tile_key() inverts it.
+  /// Canonical key, e.g. "bm128.bn64.w4.s2" (mma.sync) or "bm128.bn128.w8.s2.wgmma";
+  /// parse_tile_key() inverts it.
   std::string key() const;
   friend bool operator==(const TileConfig&, const TileConfig&) = default;
 };
@@ -78,8 +84,13 @@ void require_valid(const AttentionSpec&);  ///< Throws: SpecError listing valida
 void require_valid(const AttentionSpec&, const TileConfig&, int max_shared_bytes);
 
 /// Every TileConfig the shared validity rule accepts for this spec and shared-memory limit, in
-/// numeric (block_m, block_n, warps, stages) order (the tuner's search space).
-std::vector<TileConfig> valid_tiles(const AttentionSpec&, int max_shared_bytes);
+/// numeric (block_m, block_n, warps, stages) order (the tuner's search space); the wgmma tiles
+/// follow, in the same order, when `with_wgmma` (the device is sm_90).
+std::vector<TileConfig> valid_tiles(const AttentionSpec&, int max_shared_bytes,
+                                    bool with_wgmma = false);
+
+/// Whether a tile of this kind can run on a device of compute capability `cc` (major*10+minor).
+bool runs_on(const TileConfig&, int cc);
 
 /// Procedural kernel entry name: "rajit_fwd_bf16_ds56_r8_d64_causal_colbias_bm128_bn64_w4_s2".
 std::string entry_name(const AttentionSpec&, const TileConfig&);

@@ -129,7 +129,8 @@ int cmd_gen(const SpecFlags& sf, const GenFlags& gf) {
       continue;
     }
     for (const auto& a : opt.archs) {  // the heuristic may differ per arch
-      const gen::TileConfig t = tune::heuristic_tile(s, shape, a.cc, a.max_shared_bytes());
+      const gen::TileConfig t =
+          tune::heuristic_tile(s, shape, a.cc, a.max_shared_bytes(), a.arch_specific);
       bool seen = false;
       for (const auto& c : choices) seen = seen || (c.spec == s && c.tile == t);
       if (!seen) choices.push_back({s, t});
@@ -160,11 +161,11 @@ int compile_only(const gen::AttentionSpec& s, const tune::Shape& shape,
   const gen::TileConfig tile =
       pinned ? *pinned : tune::heuristic_tile(s, shape, arch.cc, arch.max_shared_bytes());
   const gen::GeneratedSource src = gen::generate_forward(s, tile);
-  rt::KernelRequest req{src.readable_key, src.entry, src.text, src.options, arch.name(),
-                        src.template_set_hash};
+  rt::KernelRequest req{src.readable_key, src.entry, src.text, src.options,
+                        tune::arch_for(tile, arch.cc), src.template_set_hash};
   const auto cubin = rt::KernelCache::global().get_cubin(req);
   fmt::print("spec {} tile {}: generated {} bytes of CUDA, compiled a {}-byte cubin for {}\n",
-             s.key(), tile.key(), src.text.size(), cubin.size(), arch.name());
+             s.key(), tile.key(), src.text.size(), cubin.size(), req.arch);
   fmt::print("no GPU: cannot run the kernel here ({})\n", why);
   return kExitNoGpu;
 }
@@ -283,7 +284,11 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
       for (const auto& [spec, role] : variants) {
         std::vector<std::optional<gen::TileConfig>> tiles;
         if (bf.sweep) {
-          for (const auto& t : gen::valid_tiles(spec, rt::device_info(0).max_smem_per_block_optin)) tiles.push_back(t);
+          const rt::DeviceInfo dev = rt::device_info(0);
+          const bool sm90 = dev.cc_major == 9 && dev.cc_minor == 0;
+          for (const auto& t : gen::valid_tiles(spec, dev.max_smem_per_block_optin, sm90)) {
+            tiles.push_back(t);
+          }
         } else {
           tiles.push_back(sf.pinned());
         }

@@ -65,10 +65,6 @@ DeviceFacts device_facts(int ordinal) {
   return f;
 }
 
-// The arch NVRTC targets for a device: sm_90 (not 90a: the forward uses no wgmma yet, and plain
-// sm_90 cubins also run on any later-revision 9.x part).
-std::string arch_for(int cc) { return fmt::format("sm_{}", cc); }
-
 int device_of(const void* ptr) {
   const rt::DriverApi& api = rt::driver();
   int ordinal = -1;
@@ -147,6 +143,11 @@ LaunchRecord forward(const ForwardArgs& a) {
   gen::TileConfig tile;
   if (a.tile) {
     gen::require_valid(s, *a.tile, dev.max_shared);
+    if (!gen::runs_on(*a.tile, dev.cc)) {
+      throw ArgumentError({fmt::format("tile {}: wgmma tiles run only on sm_90 GPUs (H100, H200); "
+                                       "this device is sm_{}: pin an mma.sync tile",
+                                       a.tile->key(), dev.cc)});
+    }
     tile = *a.tile;
   } else {
     tile = heuristic_tile(s, shape, dev.cc, dev.max_shared);
@@ -169,7 +170,7 @@ LaunchRecord forward(const ForwardArgs& a) {
     req.entry_name = src.entry;
     req.source = src.text;
     req.options = src.options;
-    req.arch = arch_for(dev.cc);
+    req.arch = arch_for(tile, dev.cc);
     req.extra_key = src.template_set_hash;
     entry.kernel = rt::KernelCache::global().get(req, ordinal);
     entry.shared_bytes = src.shared_bytes;

@@ -7,10 +7,20 @@
 
 namespace rajit::tune {
 
+std::string arch_for(const gen::TileConfig& tile, int cc) {
+  return tile.mma == gen::MmaKind::kWgmma ? std::string("sm_90a") : fmt::format("sm_{}", cc);
+}
+
 gen::TileConfig heuristic_tile(const gen::AttentionSpec& spec, const Shape& shape, int cc,
-                               int max_shared_bytes) {
+                               int max_shared_bytes, bool allow_wgmma) {
   gen::require_valid(spec);
-  (void)cc;
+  if (allow_wgmma && cc == 90) {
+    // Hopper: warpgroup MMA (docs/perf-notes.md, v3). 128 query rows (two warpgroups) per CTA.
+    const gen::TileConfig wg{128, 128, 8, 3, gen::MmaKind::kWgmma};
+    if (gen::validate(spec, wg, max_shared_bytes).empty()) return wg;
+    const gen::TileConfig wg_narrow{128, 64, 8, 3, gen::MmaKind::kWgmma};
+    if (gen::validate(spec, wg_narrow, max_shared_bytes).empty()) return wg_narrow;
+  }
   const int width = std::max(spec.head_dim, spec.d_std + spec.r);
   // Preferences from the H200 sweep of 2026-11-22 (docs/perf-notes.md, v1): 64-row tiles of
   // 4 warps for narrow heads (more CTAs per SM), 128 x 64 tiles of 8 warps for 128-wide heads.

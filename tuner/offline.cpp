@@ -27,9 +27,15 @@ std::vector<EmittedKernel> emit_kernels(const std::vector<KernelChoice>& choices
   std::vector<std::string> problems;
   for (const auto& c : choices)
     for (const auto& a : opt.archs)
+    {
       for (auto& p : gen::validate(c.spec, c.tile, a.max_shared_bytes())) {
         problems.push_back(fmt::format("{} {} on {}: {}", c.spec.key(), c.tile.key(), a.name(), p));
       }
+      if (c.tile.mma == gen::MmaKind::kWgmma && !(a.cc == 90 && a.arch_specific)) {
+        problems.push_back(fmt::format("{} {} on {}: wgmma tiles compile only for sm_90a",
+                                       c.spec.key(), c.tile.key(), a.name()));
+      }
+    }
   if (!problems.empty()) throw gen::SpecError(std::move(problems));
   std::filesystem::create_directories(opt.out_dir);
 

@@ -6,25 +6,12 @@
 #pragma once
 #include "attention/limits.cuh"
 #include "attention/params.cuh"
+#include "attention/policies.cuh"
 #include "common/ptx.cuh"
 
 namespace rajit::attn {
 
 using dev::u32;
-
-// ---- variation points (S20) ------------------------------------------------------------------
-struct NoMask {
-  static constexpr bool kCausal = false;
-};
-struct CausalMask {  // key j visible to query i iff j <= i + (Tk - Tq): bottom-right aligned
-  static constexpr bool kCausal = true;
-};
-struct NoBias {
-  static constexpr bool kHasBias = false;
-};
-struct ColumnBias {  // s_ij += w_disc[h] * beta[b?, h, j]
-  static constexpr bool kHasBias = true;
-};
 
 template <class Element_, int kDStd_, int kR_, int kHeadDim_, int kBlockM_, int kBlockN_,
           int kWarps_, int kStages_, class Mask_, class Bias_>

@@ -126,6 +126,68 @@ RAJIT_HOST_DEVICE constexpr unsigned check_tile(int d_std, int r, int head_dim, 
   return bad;
 }
 
+// ---- the Hopper family: one warpgroup (4 warps, wgmma m64nNk16) per 64 query rows ---------------
+inline constexpr int kWgmmaBlockMs[] = {64, 128, 192};
+inline constexpr int kWgmmaBlockNs[] = {64, 128};
+inline constexpr int kWgmmaHeadDims[] = {64, 128};  // the m64nN shapes ptx/wgmma.cuh spells out
+inline constexpr int kWgmmaRegisterFile = 65536;     // 32-bit registers per SM (sm_90)
+inline constexpr int kWgmmaRegisterOverhead = 48;    // addresses, softmax state, loop counters
+
+enum WgmmaRule : unsigned {
+  kBadWgmmaHeadDim = 1u << 7,  // head_dim: 64 or 128 for wgmma tiles
+  kBadWgmmaShape = 1u << 8,    // block_m in {64, 128, 192}, block_n in {64, 128}, warps = block_m / 16
+  kBadWgmmaStages = 1u << 9,   // stages: exactly 3 (the loop keeps two key tiles in flight)
+};
+inline constexpr int kWgmmaStages = 3;
+
+/// 128-byte swizzle atoms are 64 elements wide: the contraction and V are stored as such slices.
+RAJIT_HOST_DEVICE constexpr int wgmma_slices(int cols) { return (cols + 63) / 64; }
+
+RAJIT_HOST_DEVICE constexpr int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+/// Shared memory of a wgmma forward tile (mirrors attention/fwd_wgmma.cuh): 1024 bytes of
+/// alignment slack, the Q tile (also the O staging tile), per stage K and V, then the stages' bias
+/// vectors; every swizzled region starts 1024-byte aligned as the 128-byte swizzle requires.
+RAJIT_HOST_DEVICE constexpr int wgmma_fwd_shared_bytes(int d_std, int r, int head_dim, int block_m,
+                                                       int block_n, int stages) {
+  const int q = block_m * wgmma_slices(padded_contraction(d_std, r)) * 128;
+  const int o = block_m * wgmma_slices(head_dim) * 128;
+  const int per_stage = block_n * wgmma_slices(padded_contraction(d_std, r)) * 128 +
+                        block_n * wgmma_slices(head_dim) * 128;
+  return 1024 + (q > o ? q : o) + stages * per_stage +
+         round_up(stages * block_n * 4, 1024);
+}
+
+/// Registers per thread the accumulators of a wgmma tile hold (S, O and the bf16 P fragments).
+RAJIT_HOST_DEVICE constexpr int wgmma_fwd_registers(int head_dim, int block_n) {
+  return block_n / 2 + head_dim / 2 + block_n / 4;
+}
+
+RAJIT_HOST_DEVICE constexpr unsigned check_wgmma_tile(int d_std, int r, int head_dim, int block_m,
+                                                      int block_n, int warps, int stages,
+                                                      int max_shared_bytes) {
+  unsigned bad = 0;
+  if (!in_list(block_m, kWgmmaBlockMs, sizeof(kWgmmaBlockMs) / sizeof(int)) ||
+      !in_list(block_n, kWgmmaBlockNs, sizeof(kWgmmaBlockNs) / sizeof(int)) ||
+      warps * 16 != block_m) {
+    bad |= kBadWgmmaShape;
+  }
+  if (stages != kWgmmaStages) bad |= kBadWgmmaStages;
+  if (bad) return bad;
+  if (check_spec(d_std, r, head_dim) != 0) return bad;
+  if (!in_list(head_dim, kWgmmaHeadDims, sizeof(kWgmmaHeadDims) / sizeof(int))) {
+    return bad | kBadWgmmaHeadDim;
+  }
+  if (wgmma_fwd_shared_bytes(d_std, r, head_dim, block_m, block_n, stages) > max_shared_bytes) {
+    bad |= kBadSharedMemory;
+  }
+  if (warps * 32 * (wgmma_fwd_registers(head_dim, block_n) + kWgmmaRegisterOverhead) >
+      kWgmmaRegisterFile) {
+    bad |= kBadRegisters;
+  }
+  return bad;
+}
+
 /// Opt-in shared memory per block for a compute capability (major * 10 + minor), in bytes.
 RAJIT_HOST_DEVICE constexpr int max_shared_bytes_for_cc(int cc) {
   return cc >= 90 ? 227 * 1024 : cc == 80 ? 163 * 1024 : cc == 87 ? 163 * 1024 : 99 * 1024;

@@ -2,10 +2,12 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <optional>
 #include <vector>
 
 #include "runtime/driver.hpp"
 #include "tuner/harness.hpp"
+#include "tuner/heuristic.hpp"
 
 namespace {
 
@@ -62,22 +64,38 @@ TEST_CASE("forward: matches the float64 reference over the spec grid, odd shapes
                                               sh.batch, sh.heads, sh.seqlen_q, sh.seqlen_k,
                                               rajit::tune::to_string(opt.layout));
         CAPTURE(where);
-        const auto r = rajit::tune::run_forward_check(opt);
-        CAPTURE(r.tile.key());
-        CHECK(r.unwritten == 0);
-        CHECK(r.non_finite == 0);
-        CHECK(r.rel_err_o <= r.tolerance);
-        CHECK(r.max_abs_err_lse <= 1e-2);
-        MESSAGE(fmt::format("{} tile {}: rel err {:.2e}", where, r.tile.key(), r.rel_err_o));
+        // The default tile (wgmma on sm_90 where the spec allows), and on sm_90 also the
+        // mma.sync family's default, so both kernel families see the whole grid.
+        std::vector<std::optional<rajit::gen::TileConfig>> tiles = {std::nullopt};
+        const auto info = rajit::rt::device_info(0);
+        const int cc = info.cc_major * 10 + info.cc_minor;
+        if (cc == 90) {
+          tiles.push_back(rajit::tune::heuristic_tile(opt.spec, sh, cc,
+                                                      info.max_smem_per_block_optin, false));
+        }
+        for (const auto& tile : tiles) {
+          opt.tile = tile;
+          const auto r = rajit::tune::run_forward_check(opt);
+          CAPTURE(r.tile.key());
+          CHECK(r.unwritten == 0);
+          CHECK(r.non_finite == 0);
+          CHECK(r.rel_err_o <= r.tolerance);
+          CHECK(r.max_abs_err_lse <= 1e-2);
+          MESSAGE(fmt::format("{} tile {}: rel err {:.2e}", where, r.tile.key(), r.rel_err_o));
+        }
       }
     }
   }
 }
 
-TEST_CASE("forward: every tile shape of the seeds' spec matches the reference") {
-  for (Dtype dt : {Dtype::kBf16, Dtype::kFp16}) {
-    const AttentionSpec spec{56, 8, 64, true, BiasKind::kColumn, dt};
-    for (const auto& tile : rajit::gen::valid_tiles(spec, rajit::rt::device_info(0).max_smem_per_block_optin)) {
+TEST_CASE("forward: every tile shape of the benchmark specs matches the reference") {
+  const auto info = rajit::rt::device_info(0);
+  const bool sm90 = info.cc_major == 9 && info.cc_minor == 0;
+  for (Dtype dt : {Dtype::kBf16, Dtype::kFp16})
+  for (const AttentionSpec spec : {AttentionSpec{56, 8, 64, true, BiasKind::kColumn, dt},
+                                   AttentionSpec{120, 8, 128, true, BiasKind::kColumn, dt}}) {
+    for (const auto& tile :
+         rajit::gen::valid_tiles(spec, info.max_smem_per_block_optin, /*with_wgmma=*/sm90)) {
       rajit::tune::CheckOptions opt;
       opt.spec = spec;
       opt.shape = {1, 2, 333, 333};

@@ -276,13 +276,17 @@ TEST_CASE("flatten: <system> includes and missing templates are rejected") {
 TEST_CASE("flatten: the real template set flattens with exact #line markers") {
   ScopedEnv no_dir("RAJIT_TEMPLATE_DIR", std::nullopt);
   std::map<std::string, std::string> sources;
-  for (const char* p : {"attention/fwd.cuh", "attention/limits.cuh", "attention/params.cuh",
-                        "common/host_device.cuh", "common/ptx.cuh"}) {
+  for (const char* p : {"attention/fwd.cuh", "attention/fwd_wgmma.cuh", "attention/limits.cuh",
+                        "attention/params.cuh", "attention/policies.cuh", "common/host_device.cuh",
+                        "common/ptx.cuh", "common/wgmma.cuh"}) {
     sources[p] = rajit::gen::template_text(p);
   }
-  const std::string flat = rajit::gen::flatten(sources.at("attention/fwd.cuh"), "attention/fwd.cuh");
-  CHECK(flat.find("#include") == std::string::npos);
-  CHECK(check_line_markers(flat, sources) > 100);
+  for (const char* top : {"attention/fwd.cuh", "attention/fwd_wgmma.cuh"}) {
+    CAPTURE(top);
+    const std::string flat = rajit::gen::flatten(sources.at(top), top);
+    CHECK(flat.find("#include") == std::string::npos);
+    CHECK(check_line_markers(flat, sources) > 100);
+  }
 }
 
 TEST_CASE("generate_forward: output is deterministic, self-contained and fully rendered") {

@@ -407,3 +407,45 @@ TEST_CASE("AttentionSpec: entry_name is a distinct C identifier for every spec a
   }
   CHECK(names.size() == count);
 }
+
+TEST_CASE("TileConfig: wgmma tiles have their own key suffix, rules and messages") {
+  using rajit::gen::MmaKind;
+  const TileConfig wg{128, 128, 8, 3, MmaKind::kWgmma};
+  CHECK(wg.key() == "bm128.bn128.w8.s3.wgmma");
+  CHECK(rajit::gen::parse_tile_key("bm128.bn128.w8.s3.wgmma") == wg);
+  CHECK(rajit::gen::parse_tile_key("bm128.bn128.w8.s3").mma == MmaKind::kSync);
+  CHECK_THROWS_AS(rajit::gen::parse_tile_key("bm128.bn128.w8.s3.wgmmax"), SpecError);
+  CHECK_THROWS_AS(rajit::gen::parse_tile_key("bm128.bn128.w8.s3.wgmma.x"), SpecError);
+
+  const AttentionSpec seeds{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16};
+  CHECK(rajit::gen::validate(seeds, wg, 227 * 1024).empty());
+  // warps must be block_m / 16; stages exactly 3; head_dim 64 or 128; shared memory named.
+  const auto bad_warps = rajit::gen::validate(seeds, TileConfig{128, 128, 4, 3, MmaKind::kWgmma}, 227 * 1024);
+  REQUIRE(bad_warps.size() == 1);
+  CHECK(bad_warps[0].find("warps = block_m / 16") != std::string::npos);
+  const auto bad_stages = rajit::gen::validate(seeds, TileConfig{128, 128, 8, 2, MmaKind::kWgmma}, 227 * 1024);
+  REQUIRE(bad_stages.size() == 1);
+  CHECK(bad_stages[0].find("stages=2") != std::string::npos);
+  const AttentionSpec d96{88, 8, 96, true, BiasKind::kColumn, Dtype::kBf16};
+  const auto bad_dim = rajit::gen::validate(d96, wg, 227 * 1024);
+  REQUIRE(bad_dim.size() == 1);
+  CHECK(bad_dim[0].find("head_dim=96") != std::string::npos);
+  const auto too_big = rajit::gen::validate(seeds, wg, 64 * 1024);
+  REQUIRE(too_big.size() == 1);
+  CHECK(too_big[0].find("bytes of shared memory") != std::string::npos);
+
+  // valid_tiles lists wgmma tiles only when asked, after every mma.sync tile; they run on sm_90.
+  const auto sync_only = rajit::gen::valid_tiles(seeds, 227 * 1024);
+  const auto with_wg = rajit::gen::valid_tiles(seeds, 227 * 1024, true);
+  CHECK(std::none_of(sync_only.begin(), sync_only.end(),
+                     [](const TileConfig& t) { return t.mma == MmaKind::kWgmma; }));
+  REQUIRE(with_wg.size() > sync_only.size());
+  CHECK(std::equal(sync_only.begin(), sync_only.end(), with_wg.begin()));
+  for (std::size_t i = sync_only.size(); i < with_wg.size(); ++i) {
+    CHECK(with_wg[i].mma == MmaKind::kWgmma);
+    CHECK(rajit::gen::validate(seeds, with_wg[i], 227 * 1024).empty());
+    CHECK(rajit::gen::runs_on(with_wg[i], 90));
+    CHECK_FALSE(rajit::gen::runs_on(with_wg[i], 80));
+    CHECK_FALSE(rajit::gen::runs_on(with_wg[i], 89));
+  }
+}

@@ -42,11 +42,13 @@ std::vector<Outcome> compile_all(const std::vector<Job>& jobs) {
       for (std::size_t i = next++; i < jobs.size(); i = next++) {
         const Job& j = jobs[i];
         const auto src = rajit::gen::generate_forward(j.spec, j.tile);
-        rajit::rt::CompileRequest req{src.readable_key + ".cu", src.text, src.options,
-                                      j.arch.name(), false, true, src.entry};
+        // wgmma tiles compile for sm_90a, everything else for the arch itself (as forward() does).
+        const std::string arch = rajit::tune::arch_for(j.tile, j.arch.cc);
+        rajit::rt::CompileRequest req{src.readable_key + ".cu", src.text, src.options, arch, false,
+                                      true, src.entry};
         const auto res = rajit::rt::compile(req);
         Outcome& o = out[i];
-        o.what = fmt::format("{} on {}", src.readable_key, j.arch.name());
+        o.what = fmt::format("{} on {}", src.readable_key, arch);
         o.ok = res.ok && !res.cubin.empty();
         o.registers = res.resources.registers;
         o.spill = res.resources.spill_store_bytes + res.resources.spill_load_bytes;
@@ -92,7 +94,7 @@ TEST_CASE("forward kernels: the heuristic tile of every grid spec compiles for s
 }
 
 TEST_CASE("forward kernels: every valid tile of the seeds' spec and of head_dim 128 and 256 "
-          "compiles for sm_80 and sm_90 with zero spills") {
+          "compiles for sm_80 and sm_90 (wgmma tiles: sm_90a) with zero spills") {
   std::vector<Job> jobs;
   const AttentionSpec specs[] = {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16},
                                  {64, 0, 64, false, BiasKind::kNone, Dtype::kFp16},
@@ -102,7 +104,8 @@ TEST_CASE("forward kernels: every valid tile of the seeds' spec and of head_dim 
                                  {248, 8, 256, true, BiasKind::kColumn, Dtype::kFp16}};
   for (const auto& spec : specs)
     for (const auto& arch : {rajit::gen::parse_arch("sm_80"), rajit::gen::parse_arch("sm_90")})
-      for (const auto& tile : rajit::gen::valid_tiles(spec, arch.max_shared_bytes())) {
+      for (const auto& tile :
+           rajit::gen::valid_tiles(spec, arch.max_shared_bytes(), /*with_wgmma=*/arch.cc == 90)) {
         jobs.push_back({spec, tile, arch});
       }
   CHECK(jobs.size() > 20);

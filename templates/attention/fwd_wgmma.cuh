@@ -1,0 +1,432 @@
+/// The RA forward kernel for Hopper (sm_90a): warpgroup MMA (wgmma) from 128-byte-swizzled tiles.
+// One CTA owns kBlockM = 64 * kWarpGroups query rows of one (batch, head); each warpgroup owns 64
+// of them and computes S = qf kf^T with wgmma (A = Q and B = K from shared memory), the online
+// softmax in registers, and O += P V with wgmma (A = P from registers, B = V from shared memory,
+// MN-major). Tiles arrive through the same kStages-deep cp.async pipeline as the mma.sync family,
+// and RA's folded operands are gathered while loading, exactly as there: qf = [w_std q_std |
+// w_rec k_low], kf = [k_std | q_low], the gates applied once to the staged Q tile, the bias one
+// vector per key tile.
+//
+// Shared-memory tiles are stored in 64-column slices of 128-byte rows, each 8-row group swizzled
+// (16-byte chunk c of row r lives at chunk c ^ (r % 8)); that is the layout wgmma's 128B-swizzle
+// descriptors describe, and it keeps both the cp.async writes and the MMA reads free of bank
+// conflicts.
+#pragma once
+#include "attention/limits.cuh"
+#include "attention/params.cuh"
+#include "attention/policies.cuh"
+#include "common/ptx.cuh"
+#include "common/wgmma.cuh"
+
+namespace rajit::attn {
+
+using dev::u32;
+
+template <class Element_, int kDStd_, int kR_, int kHeadDim_, int kBlockM_, int kBlockN_,
+          int kStages_, class Mask_, class Bias_>
+struct WgmmaFwdConfig {
+  using Element = Element_;
+  using Mask = Mask_;
+  using Bias = Bias_;
+  static constexpr int kDStd = kDStd_, kR = kR_, kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_, kBlockN = kBlockN_, kStages = kStages_;
+  static constexpr int kWarpGroups = kBlockM / 64;
+  static constexpr int kWarps = kWarpGroups * 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kDqk = kDStd + kR;
+  static constexpr int kDqkPad = padded_contraction(kDStd, kR);
+  static constexpr int kCopyElems = copy_elems(kDStd, kR);
+  static constexpr int kQkSlices = wgmma_slices(kDqkPad);
+  static constexpr int kVSlices = wgmma_slices(kHeadDim);
+  static constexpr int kQkSteps = kDqkPad / 16;  // k16 steps of Q K^T
+  static constexpr int kPvSteps = kBlockN / 16;  // k16 steps of P V
+  static constexpr int kSRegs = kBlockN / 2;     // S accumulators per thread (m64 x kBlockN)
+  static constexpr int kORegs = kHeadDim / 2;    // O accumulators per thread (m64 x kHeadDim)
+  // Shared memory, bytes, from a 1024-aligned base: [Q | O staging] [stage: K | V] ... [biases]
+  static constexpr int kQBytes = kBlockM * kQkSlices * 128;
+  static constexpr int kOBytes = kBlockM * kVSlices * 128;  // O staging, swizzled like Q
+  static constexpr int kQoBytes = kQBytes > kOBytes ? kQBytes : kOBytes;
+  static constexpr int kKBytes = kBlockN * kQkSlices * 128;
+  static constexpr int kVBytes = kBlockN * kVSlices * 128;
+  static constexpr int kStageBytes = kKBytes + kVBytes;
+  static constexpr int kBiasOffset = kQoBytes + kStages * kStageBytes;  // kStages x kBlockN fp32
+  static constexpr int kSharedBytes = 1024 + kBiasOffset + round_up(kStages * kBlockN * 4, 1024);
+
+  static_assert(check_spec(kDStd, kR, kHeadDim) == 0, "invalid RA spec");
+  static_assert(check_wgmma_tile(kDStd, kR, kHeadDim, kBlockM, kBlockN, kWarps, kStages,
+                                 1 << 30) == 0,
+                "invalid wgmma tile shape");
+  static_assert(kSharedBytes ==
+                    wgmma_fwd_shared_bytes(kDStd, kR, kHeadDim, kBlockM, kBlockN, kStages),
+                "limits.cuh and the kernel disagree on the shared-memory layout");
+};
+
+/// A (kRows, 64 * slices) 16-bit tile stored as 64-column slices of 128-byte rows with the
+/// 128-byte swizzle. Byte offset of element (row, col); col % 4 == 0 keeps 8-byte pieces whole.
+template <int kRows>
+struct Sw128Tile {
+  static constexpr int kSliceBytes = kRows * 128;
+  __device__ __forceinline__ static constexpr int offset(int row, int col) {
+    return (col / 64) * kSliceBytes + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16) +
+           (col % 8) * 2;
+  }
+};
+
+template <class Config>
+struct WgmmaFwdKernel {
+  using C = Config;
+  using E = typename C::Element;
+  using QTile = Sw128Tile<C::kBlockM>;  // (kBlockM, kDqkPad) qf, swizzled
+  using KTile = Sw128Tile<C::kBlockN>;  // (kBlockN, kDqkPad) kf, swizzled
+  using VTile = Sw128Tile<C::kBlockN>;  // (kBlockN, kHeadDim) v, swizzled
+  using OTile = Sw128Tile<C::kBlockM>;  // (kBlockM, kHeadDim) O staging, aliases Q
+  static constexpr float kLog2e = 1.4426950408889634f;
+  static constexpr float kLn2 = 0.6931471805599453f;
+
+  const FwdParams& p;
+  char* smem;  // 1024-byte aligned
+  int tid, warp, lane, group, warp_in_group;
+  int b, h, m0;
+  index_t q_std_off, k_low_off, k_std_off, q_low_off, v_off;
+
+  __device__ __forceinline__ char* stage_base(int stage) const {
+    return smem + C::kQoBytes + stage * C::kStageBytes;
+  }
+  __device__ __forceinline__ float* stage_bias(int stage) const {
+    return reinterpret_cast<float*>(smem + C::kBiasOffset) + stage * C::kBlockN;
+  }
+
+  // Gathers rows [row0, row0 + kRows) of [a | b] (widths kDStd | kR) into a swizzled tile; rows
+  // past `rows_valid` are zero-filled by cp.async so that masked keys never meet garbage.
+  template <class Tile, int kRows>
+  __device__ __forceinline__ void load_folded(char* dst, const Operand2d& a, index_t a_off,
+                                              const Operand2d& bop, index_t b_off, int row0,
+                                              int rows_valid) const {
+    constexpr int kUnits = C::kDqk / C::kCopyElems;
+    const u32 base = dev::smem_addr(dst);
+    if constexpr (C::kThreads % kUnits == 0) {
+      // One fixed column unit per thread: its source operand and stride are chosen once.
+      constexpr int kRowStep = C::kThreads / kUnits;
+      const int col = (tid % kUnits) * C::kCopyElems;
+      const int row_first = tid / kUnits;
+      const bool from_a = col < C::kDStd;
+      const Operand2d& op = from_a ? a : bop;
+      const char* src0 = static_cast<const char*>(op.ptr) +
+                         2 * ((from_a ? a_off : b_off) + (from_a ? col : col - C::kDStd));
+      const index_t stride_bytes = 2 * op.row_stride;
+#pragma unroll
+      for (int row = row_first; row < kRows; row += kRowStep) {
+        const bool valid = row0 + row < rows_valid;
+        const char* src = src0 + (valid ? row0 + row : 0) * stride_bytes;
+        dev::cp_async<C::kCopyElems * 2>(base + Tile::offset(row, col), src, valid);
+      }
+    } else {
+      for (int idx = tid; idx < kRows * kUnits; idx += C::kThreads) {
+        const int row = idx / kUnits;
+        const int col = (idx % kUnits) * C::kCopyElems;
+        const bool valid = row0 + row < rows_valid;
+        const index_t grow = valid ? row0 + row : 0;
+        const char* src =
+            col < C::kDStd
+                ? static_cast<const char*>(a.ptr) + 2 * (a_off + grow * a.row_stride + col)
+                : static_cast<const char*>(bop.ptr) +
+                      2 * (b_off + grow * bop.row_stride + col - C::kDStd);
+        dev::cp_async<C::kCopyElems * 2>(base + Tile::offset(row, col), src, valid);
+      }
+    }
+  }
+
+  // Zeroes the pad columns [kDqk, kDqkPad) of a folded tile: the MMA reads them, cp.async never
+  // writes them.
+  template <class Tile, int kRows>
+  __device__ __forceinline__ void zero_pad(char* dst) const {
+    constexpr int kPadUnits = (C::kDqkPad - C::kDqk) / 4;
+    if constexpr (kPadUnits > 0) {
+      for (int idx = tid; idx < kRows * kPadUnits; idx += C::kThreads) {
+        const int row = idx / kPadUnits;
+        const int col = C::kDqk + (idx % kPadUnits) * 4;
+        *reinterpret_cast<uint2*>(dst + Tile::offset(row, col)) = make_uint2(0u, 0u);
+      }
+    }
+  }
+
+  __device__ __forceinline__ void load_kv(int tile, int stage) const {
+    const int n0 = tile * C::kBlockN;
+    char* base = stage_base(stage);
+    load_folded<KTile, C::kBlockN>(base, p.k_std, k_std_off, p.q_low, q_low_off, n0, p.seqlen_k);
+    constexpr int kVUnits = C::kHeadDim / 8;
+    const u32 vbase = dev::smem_addr(base + C::kKBytes);
+    for (int idx = tid; idx < C::kBlockN * kVUnits; idx += C::kThreads) {
+      const int row = idx / kVUnits;
+      const int col = (idx % kVUnits) * 8;
+      const bool valid = n0 + row < p.seqlen_k;
+      const index_t grow = valid ? n0 + row : 0;
+      const char* src = static_cast<const char*>(p.v.ptr) + 2 * (v_off + grow * p.v.row_stride + col);
+      dev::cp_async<16>(vbase + VTile::offset(row, col), src, valid);
+    }
+    if constexpr (C::Bias::kHasBias) {
+      const u32 bbase = dev::smem_addr(stage_bias(stage));
+      const float* bias = p.bias + b * p.bias_batch_stride + h * p.bias_head_stride;
+      for (int j = tid; j < C::kBlockN; j += C::kThreads) {
+        const bool valid = n0 + j < p.seqlen_k;
+        dev::cp_async<4>(bbase + 4 * j, bias + (valid ? n0 + j : 0), valid);
+      }
+    }
+  }
+
+  // Multiplies the staged query tile by its gates once (columns < kDStd by w_std[h], the rest by
+  // w_rec[h]), so the MMA sees qf directly and the key loop does no gate work.
+  __device__ __forceinline__ void scale_query_by_gates() const {
+    const float w_std = p.w_std ? p.w_std[h] : 1.f;
+    const float w_rec = p.w_rec ? p.w_rec[h] : 1.f;
+    if (w_std == 1.f && (C::kR == 0 || w_rec == 1.f)) return;  // uniform across the CTA
+    constexpr int kUnits = C::kDqk / 4;
+    for (int idx = tid; idx < C::kBlockM * kUnits; idx += C::kThreads) {
+      const int row = idx / kUnits;
+      const int col = (idx % kUnits) * 4;
+      const float w = col < C::kDStd ? w_std : w_rec;
+      uint2* ptr = reinterpret_cast<uint2*>(smem + QTile::offset(row, col));
+      uint2 v = *ptr;
+      v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
+      v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
+      *ptr = v;
+    }
+  }
+
+  // Descriptors. K-major (Q, K): k-step ks is 32 bytes into slice ks / 4. MN-major (V): k-step kk
+  // is 16 rows = 2048 bytes down; 64-column slices kBlockN * 128 bytes apart.
+  __device__ __forceinline__ unsigned long long q_descriptor(int ks) const {
+    const u32 addr = dev::smem_addr(smem) + group * 64 * 128 + (ks / 4) * QTile::kSliceBytes +
+                     (ks % 4) * 32;
+    return dev::sw128_descriptor(addr, 16, 1024);
+  }
+  __device__ __forceinline__ static unsigned long long k_descriptor(u32 k_smem, int ks) {
+    return dev::sw128_descriptor(k_smem + (ks / 4) * KTile::kSliceBytes + (ks % 4) * 32, 16, 1024);
+  }
+  __device__ __forceinline__ static unsigned long long v_descriptor(u32 v_smem, int kk) {
+    return dev::sw128_descriptor(v_smem + kk * 16 * 128, VTile::kSliceBytes, 1024);
+  }
+
+  __device__ void run() {
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+    const int diag = seqlen_k - seqlen_q;  // causal: key j visible to row i iff j <= i + diag
+
+    int n_end = seqlen_k;
+    if constexpr (C::Mask::kCausal) {
+      const int last_visible = m0 + C::kBlockM - 1 + diag;
+      n_end = last_visible + 1 < seqlen_k ? last_visible + 1 : seqlen_k;
+    }
+    const int n_tiles = n_end > 0 ? (n_end + C::kBlockN - 1) / C::kBlockN : 0;
+
+    // Stage the query tile and the first kStages - 2 key tiles; each iteration then loads one
+    // tile ahead (see the loop).
+    load_folded<QTile, C::kBlockM>(smem, p.q_std, q_std_off, p.k_low, k_low_off, m0, seqlen_q);
+    zero_pad<QTile, C::kBlockM>(smem);
+    for (int s = 0; s < C::kStages; ++s) zero_pad<KTile, C::kBlockN>(stage_base(s));
+    dev::cp_async_commit();  // group: the query tile
+    for (int s = 0; s < C::kStages - 2; ++s) {
+      if (s < n_tiles) load_kv(s, s);
+      dev::cp_async_commit();
+    }
+    dev::cp_async_wait<C::kStages - 2>();  // the query group is complete
+    __syncthreads();
+    scale_query_by_gates();
+
+    float o_acc[C::kORegs];
+#pragma unroll
+    for (int i = 0; i < C::kORegs; ++i) o_acc[i] = 0.f;
+    float row_max[2] = {-__int_as_float(0x7f800000), -__int_as_float(0x7f800000)};
+    float row_sum[2] = {0.f, 0.f};
+    const float bias_log2 = C::Bias::kHasBias ? (p.w_disc ? p.w_disc[h] : 1.f) * kLog2e : 0.f;
+    const int warp_row0 = m0 + group * 64 + warp_in_group * 16;
+
+    // Software pipeline inside each warpgroup: iteration `tile` issues S(tile) = qf kf^T and
+    // O += P(tile-1) V(tile-1) back to back on the tensor cores, then runs the softmax of S(tile)
+    // while the P V product is still in flight. Shared memory holds three key tiles: tile-1 (its V
+    // is being read), tile (being multiplied) and tile+1 (loading).
+    float s[C::kSRegs];           // S of this tile, then its P (fp32)    // (64, kBlockN) per WG
+    u32 pa[C::kPvSteps][4];       // P of the previous tile, as k16 A fragments (bf16/fp16)
+    for (int tile = 0; tile < n_tiles; ++tile) {
+      // Groups after tile `tile`'s own: kStages - 3 (tiles issued one iteration ahead).
+      dev::cp_async_wait<C::kStages - 3>();
+      dev::fence_proxy_async_shared();  // our cp.async and st.shared writes -> wgmma's proxy
+      __syncthreads();  // tile `tile` landed; every warpgroup finished P V of tile-2: reuse its stage
+      {
+        const int next = tile + C::kStages - 2;
+        if (next < n_tiles) load_kv(next, next % C::kStages);
+        dev::cp_async_commit();
+      }
+      const int stage = tile % C::kStages;
+      const u32 k_smem = dev::smem_addr(stage_base(stage));
+      const float* bias_smem = stage_bias(stage);
+      const int n0 = tile * C::kBlockN;
+
+      dev::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < C::kQkSteps; ++ks) {
+        dev::wgmma_ss<C::kBlockN, E>(s, q_descriptor(ks), k_descriptor(k_smem, ks), ks > 0);
+      }
+      dev::wgmma_commit();
+      if (tile > 0) {
+        const u32 v_prev = dev::smem_addr(stage_base((tile - 1) % C::kStages) + C::kKBytes);
+#pragma unroll
+        for (int kk = 0; kk < C::kPvSteps; ++kk) {
+          dev::wgmma_rs<C::kHeadDim, E>(o_acc, pa[kk], v_descriptor(v_prev, kk), 1);
+        }
+        dev::wgmma_commit();
+        dev::wgmma_wait<1>();  // S is ready; P V of tile-1 may still run
+      } else {
+        dev::wgmma_wait<0>();
+      }
+      dev::fence_registers(s);
+
+      // Online softmax in base 2. Only tiles that cross the diagonal or the end need the mask.
+      bool needs_mask = n0 + C::kBlockN > seqlen_k;
+      if constexpr (C::Mask::kCausal) needs_mask = needs_mask || n0 + C::kBlockN - 1 > warp_row0 + diag;
+      float correction[2];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = warp_row0 + lane / 4 + half * 8;
+        float mx = row_max[half];
+#pragma unroll
+        for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
+          float bias_pair[2] = {0.f, 0.f};
+          if constexpr (C::Bias::kHasBias) {
+            const float2 bv = *reinterpret_cast<const float2*>(bias_smem + nt * 8 + 2 * (lane % 4));
+            bias_pair[0] = bv.x * bias_log2;
+            bias_pair[1] = bv.y * bias_log2;
+          }
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = nt * 8 + 2 * (lane % 4) + e;
+            float x;
+            if constexpr (C::Bias::kHasBias) {
+              x = fmaf(s[nt * 4 + half * 2 + e], p.scale_log2, bias_pair[e]);
+            } else {
+              x = s[nt * 4 + half * 2 + e] * p.scale_log2;
+            }
+            if (needs_mask) {
+              const bool visible = n0 + c < seqlen_k && (!C::Mask::kCausal || n0 + c <= row + diag);
+              if (!visible) x = -__int_as_float(0x7f800000);
+            }
+            s[nt * 4 + half * 2 + e] = x;
+            mx = x > mx ? x : mx;
+          }
+        }
+        for (int mask = 1; mask <= 2; mask <<= 1) {
+          const float other = __shfl_xor_sync(0xffffffffu, mx, mask);
+          mx = other > mx ? other : mx;
+        }
+        // A row with nothing visible yet keeps max = -inf; subtract 0 then so exp2 gives 0.
+        const float base = mx == -__int_as_float(0x7f800000) ? 0.f : mx;
+        correction[half] = dev::exp2_approx(row_max[half] - base);
+        row_max[half] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pe = dev::exp2_approx(s[nt * 4 + half * 2 + e] - base);
+            s[nt * 4 + half * 2 + e] = pe;
+            sum += pe;
+          }
+        }
+        row_sum[half] = row_sum[half] * correction[half] + sum;
+      }
+      // P(tile) as A fragments: the S accumulators of two n8 tiles are one k16 fragment.
+#pragma unroll
+      for (int kk = 0; kk < C::kPvSteps; ++kk) {
+        pa[kk][0] = E::pack(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = E::pack(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = E::pack(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = E::pack(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+      // P V of tile-1 must be done before O is rescaled for this tile's new row maxima.
+      dev::wgmma_wait<0>();
+      dev::fence_registers(o_acc);
+#pragma unroll
+      for (int nt = 0; nt < C::kHeadDim / 8; ++nt) {
+        o_acc[nt * 4 + 0] *= correction[0];
+        o_acc[nt * 4 + 1] *= correction[0];
+        o_acc[nt * 4 + 2] *= correction[1];
+        o_acc[nt * 4 + 3] *= correction[1];
+      }
+    }
+    if (n_tiles > 0) {  // the last tile's P V
+      const u32 v_last = dev::smem_addr(stage_base((n_tiles - 1) % C::kStages) + C::kKBytes);
+      dev::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < C::kPvSteps; ++kk) {
+        dev::wgmma_rs<C::kHeadDim, E>(o_acc, pa[kk], v_descriptor(v_last, kk), 1);
+      }
+      dev::wgmma_commit();
+      dev::wgmma_wait<0>();
+      dev::fence_registers(o_acc);
+    }
+    dev::cp_async_wait<0>();
+    __syncthreads();  // every warpgroup is done reading Q; O is staged where Q was
+
+    // Normalise, stage O through shared memory, and write it with 16-byte coalesced stores.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float sum = row_sum[half];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;  // no visible key: O = 0, never NaN
+      const int local_row = group * 64 + warp_in_group * 16 + lane / 4 + half * 8;
+#pragma unroll
+      for (int nt = 0; nt < C::kHeadDim / 8; ++nt) {
+        const int col = nt * 8 + 2 * (lane % 4);
+        *reinterpret_cast<u32*>(smem + OTile::offset(local_row, col)) =
+            E::pack(o_acc[nt * 4 + half * 2] * inv, o_acc[nt * 4 + half * 2 + 1] * inv);
+      }
+      const int row = m0 + local_row;
+      if (p.lse != nullptr && lane % 4 == 0 && row < seqlen_q) {
+        const float lse = sum > 0.f ? (row_max[half] + dev::log2_approx(sum)) * kLn2
+                                    : -__int_as_float(0x7f800000);
+        p.lse[(static_cast<index_t>(b) * p.heads + h) * seqlen_q + row] = lse;
+      }
+    }
+    __syncthreads();
+    constexpr int kOUnits = C::kHeadDim / 8;
+    char* o_base = static_cast<char*>(p.o) + 2 * (b * p.o_batch_stride + h * p.o_head_stride);
+    for (int idx = tid; idx < C::kBlockM * kOUnits; idx += C::kThreads) {
+      const int row = idx / kOUnits;
+      const int col = (idx % kOUnits) * 8;
+      if (m0 + row < seqlen_q) {
+        const uint4 v = *reinterpret_cast<const uint4*>(smem + OTile::offset(row, col));
+        *reinterpret_cast<uint4*>(o_base + 2 * ((m0 + row) * p.o_row_stride + col)) = v;
+      }
+    }
+  }
+};
+
+/// Kernel body; the generated shim supplies Config and the extern "C" entry point.
+template <class Config>
+__device__ __forceinline__ void fwd_wgmma(const FwdParams& p) {
+  extern __shared__ __align__(1024) char smem_raw[];
+  // The 128-byte swizzle repeats every 1024 bytes and wgmma applies it on absolute addresses, so
+  // the tiles start at a 1024-byte boundary (the layout reserves 1024 bytes of slack for this).
+  const u32 raw = dev::smem_addr(smem_raw);
+  char* smem = smem_raw + ((1024u - (raw & 1023u)) & 1023u);
+  // Heavy rows first: with a causal mask the last query blocks see the most keys.
+  const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.y);
+  const int bh = static_cast<int>(blockIdx.x);
+  WgmmaFwdKernel<Config> k{p, smem};
+  k.tid = static_cast<int>(threadIdx.x);
+  k.warp = k.tid / 32;
+  k.lane = k.tid % 32;
+  k.group = k.warp / 4;
+  k.warp_in_group = k.warp % 4;
+  k.b = bh / p.heads;
+  k.h = bh % p.heads;
+  k.m0 = m_block * Config::kBlockM;
+  k.q_std_off = k.b * p.q_std.batch_stride + k.h * p.q_std.head_stride;
+  k.k_low_off = k.b * p.k_low.batch_stride + k.h * p.k_low.head_stride;
+  k.k_std_off = k.b * p.k_std.batch_stride + k.h * p.k_std.head_stride;
+  k.q_low_off = k.b * p.q_low.batch_stride + k.h * p.q_low.head_stride;
+  k.v_off = k.b * p.v.batch_stride + k.h * p.v.head_stride;
+  k.run();
+}
+
+}  // namespace rajit::attn
