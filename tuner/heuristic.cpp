@@ -15,11 +15,16 @@ gen::TileConfig heuristic_tile(const gen::AttentionSpec& spec, const Shape& shap
                                int max_shared_bytes, bool allow_wgmma) {
   gen::require_valid(spec);
   if (allow_wgmma && cc == 90) {
-    // Hopper: warpgroup MMA (docs/perf-notes.md, v3). 128 query rows (two warpgroups) per CTA.
-    const gen::TileConfig wg{128, 128, 8, 3, gen::MmaKind::kWgmma};
-    if (gen::validate(spec, wg, max_shared_bytes).empty()) return wg;
-    const gen::TileConfig wg_narrow{128, 64, 8, 3, gen::MmaKind::kWgmma};
-    if (gen::validate(spec, wg_narrow, max_shared_bytes).empty()) return wg_narrow;
+    // Hopper: warpgroup MMA (docs/perf-notes.md, v3 sweep on the H200). head_dim 64: 128 x 64
+    // tiles fit two CTAs per SM (128 registers); head_dim 128: three warpgroups over 64-key tiles.
+    const gen::MmaKind wg = gen::MmaKind::kWgmma;
+    const std::vector<gen::TileConfig> wg_prefs =
+        spec.head_dim == 128
+            ? std::vector<gen::TileConfig>{{192, 64, 12, 3, wg}, {128, 128, 8, 3, wg}, {128, 64, 8, 3, wg}}
+            : std::vector<gen::TileConfig>{{128, 64, 8, 3, wg}, {128, 128, 8, 3, wg}, {64, 64, 4, 3, wg}};
+    for (const auto& t : wg_prefs) {
+      if (gen::validate(spec, t, max_shared_bytes).empty()) return t;
+    }
   }
   const int width = std::max(spec.head_dim, spec.d_std + spec.r);
   // Preferences from the H200 sweep of 2026-11-22 (docs/perf-notes.md, v1): 64-row tiles of

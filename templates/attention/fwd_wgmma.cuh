@@ -51,6 +51,9 @@ struct WgmmaFwdConfig {
   static constexpr int kStageBytes = kKBytes + kVBytes;
   static constexpr int kBiasOffset = kQoBytes + kStages * kStageBytes;  // kStages x kBlockN fp32
   static constexpr int kSharedBytes = 1024 + kBiasOffset + round_up(kStages * kBlockN * 4, 1024);
+  // Two CTAs per SM when their registers and shared memory allow it: the two CTAs' softmax and
+  // MMA phases then overlap on the SM, which one CTA's lockstep warpgroups cannot do.
+  static constexpr int kMinBlocksPerSm = wgmma_fwd_min_blocks(kHeadDim, kBlockN, kWarps, kSharedBytes);
 
   static_assert(check_spec(kDStd, kR, kHeadDim) == 0, "invalid RA spec");
   static_assert(check_wgmma_tile(kDStd, kR, kHeadDim, kBlockM, kBlockN, kWarps, kStages,
@@ -283,6 +286,16 @@ struct WgmmaFwdKernel {
       // Online softmax in base 2. Only tiles that cross the diagonal or the end need the mask.
       bool needs_mask = n0 + C::kBlockN > seqlen_k;
       if constexpr (C::Mask::kCausal) needs_mask = needs_mask || n0 + C::kBlockN - 1 > warp_row0 + diag;
+      // This thread's bias columns, pre-scaled by w_disc * log2(e): read once, used by both rows.
+      float bias_reg[C::Bias::kHasBias ? C::kBlockN / 8 : 1][2];
+      if constexpr (C::Bias::kHasBias) {
+#pragma unroll
+        for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
+          const float2 bv = *reinterpret_cast<const float2*>(bias_smem + nt * 8 + 2 * (lane % 4));
+          bias_reg[nt][0] = bv.x * bias_log2;
+          bias_reg[nt][1] = bv.y * bias_log2;
+        }
+      }
       float correction[2];
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
@@ -290,18 +303,12 @@ struct WgmmaFwdKernel {
         float mx = row_max[half];
 #pragma unroll
         for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
-          float bias_pair[2] = {0.f, 0.f};
-          if constexpr (C::Bias::kHasBias) {
-            const float2 bv = *reinterpret_cast<const float2*>(bias_smem + nt * 8 + 2 * (lane % 4));
-            bias_pair[0] = bv.x * bias_log2;
-            bias_pair[1] = bv.y * bias_log2;
-          }
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int c = nt * 8 + 2 * (lane % 4) + e;
             float x;
             if constexpr (C::Bias::kHasBias) {
-              x = fmaf(s[nt * 4 + half * 2 + e], p.scale_log2, bias_pair[e]);
+              x = fmaf(s[nt * 4 + half * 2 + e], p.scale_log2, bias_reg[nt][e]);
             } else {
               x = s[nt * 4 + half * 2 + e] * p.scale_log2;
             }
@@ -333,6 +340,10 @@ struct WgmmaFwdKernel {
         }
         row_sum[half] = row_sum[half] * correction[half] + sum;
       }
+      // P V of tile-1 must be done before O is rescaled for this tile's new row maxima, and
+      // before `pa` is overwritten: the in-flight wgmma reads its A fragments asynchronously.
+      dev::wgmma_wait<0>();
+      dev::fence_registers(o_acc);
       // P(tile) as A fragments: the S accumulators of two n8 tiles are one k16 fragment.
 #pragma unroll
       for (int kk = 0; kk < C::kPvSteps; ++kk) {
@@ -341,9 +352,6 @@ struct WgmmaFwdKernel {
         pa[kk][2] = E::pack(s[8 * kk + 4], s[8 * kk + 5]);
         pa[kk][3] = E::pack(s[8 * kk + 6], s[8 * kk + 7]);
       }
-      // P V of tile-1 must be done before O is rescaled for this tile's new row maxima.
-      dev::wgmma_wait<0>();
-      dev::fence_registers(o_acc);
 #pragma unroll
       for (int nt = 0; nt < C::kHeadDim / 8; ++nt) {
         o_acc[nt * 4 + 0] *= correction[0];
