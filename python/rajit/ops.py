@@ -411,9 +411,11 @@ def _side_input(errors, name, t, heads, ref, device, shapes):
         errors.append(f"{name}: shape {tuple(t.shape)}, must be one of "
                       + ", ".join(str(s) for s in shapes))
         return None
-    if t.dtype != want:
-        t = t.to(want)
-    return t
+    return t.to(want)  # a no-op when already right
+
+
+def _contiguous(t):
+    return None if t is None else t.contiguous()  # an (H,) gate: free when already contiguous
 
 
 def _prepare(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, scale):
@@ -424,9 +426,9 @@ def _prepare(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, scale):
     B, H, Tq = q_std.shape[:3]
     Tk = k_std.shape[2]
     gate_shapes = [(H,)]
-    w_std = _side_input(errors, "w_std", w_std, H, ref, dev, gate_shapes)
-    w_rec = _side_input(errors, "w_rec", w_rec, H, ref, dev, gate_shapes)
-    w_disc = _side_input(errors, "w_disc", w_disc, H, ref, dev, gate_shapes)
+    w_std = _contiguous(_side_input(errors, "w_std", w_std, H, ref, dev, gate_shapes))
+    w_rec = _contiguous(_side_input(errors, "w_rec", w_rec, H, ref, dev, gate_shapes))
+    w_disc = _contiguous(_side_input(errors, "w_disc", w_disc, H, ref, dev, gate_shapes))
     if w_disc is not None and bias is None:
         errors.append("w_disc: given without a bias (w_disc scales the bias)")
     if w_rec is not None and k_low is None:

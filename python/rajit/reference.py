@@ -24,6 +24,13 @@ def ra_attention_torch(q_std: torch.Tensor, k_low: Optional[torch.Tensor], k_std
     ct = compute_dtype or (torch.float64 if v.dtype == torch.float64 else torch.float32)
     scale = 1.0 / math.sqrt(d_std + r) if scale is None else scale
 
+    with torch.autocast(device_type=v.device.type, enabled=False):  # the reference keeps `ct`
+        return _ra(q_std, k_low, k_std, q_low, v, causal, bias, w_std, w_rec, w_disc, scale,
+                   return_lse, ct, H, Tq, Tk, r)
+
+
+def _ra(q_std, k_low, k_std, q_low, v, causal, bias, w_std, w_rec, w_disc, scale, return_lse, ct,
+        H, Tq, Tk, r):
     def gate(w):
         return None if w is None else w.to(ct).view(1, H, 1, 1)
 

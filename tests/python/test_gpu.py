@@ -117,7 +117,8 @@ class Gpu(unittest.TestCase):
                     self.check_finite(got)
                     self.assertLess(rel_err(got, want), FWD_TOL[dtype])
                     fin = torch.isfinite(want_lse)
-                    self.assertLess((lse[fin].double() - want_lse[fin]).abs().max().item(), 1e-3)
+                    # LSE is not in ra-math's table; a wrong one is off by O(1), rounding by ~1e-3.
+                    self.assertLess((lse[fin].double() - want_lse[fin]).abs().max().item(), 1e-2)
 
     def test_runs_on_the_current_stream(self):
         ops, v, bias, _, _ = self.ra_problem(2, 4, 512, 512, 56, 8, 64, torch.bfloat16, "separate")
