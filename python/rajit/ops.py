@@ -120,20 +120,21 @@ def _backward_impl(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, o,
     if r:
         a.k_low, a.q_low = _c_tensor(k_low), _c_tensor(q_low)
         a.dk_low, a.dq_low = _c_tensor(dk_low), _c_tensor(dq_low)
-        a.dw_rec = _ptr(dw_rec)
-    else:
-        dw_rec.zero_()
     a.o, a.d_o, a.lse = _c_tensor(o), _c_tensor(d_o), lse.data_ptr()
     a.bias = _bias_struct(bias)
     if bias is not None:
         a.d_bias = d_bias.data_ptr()
         a.d_bias_batch_stride = 0 if d_bias.dim() == 2 else d_bias.stride(0)
         a.d_bias_head_stride = d_bias.stride(-2)
-        a.dw_disc = _ptr(dw_disc)
-    else:
-        dw_disc.zero_()
     a.w_std, a.w_rec, a.w_disc = _ptr(w_std), _ptr(w_rec), _ptr(w_disc)
-    a.dw_std = _ptr(dw_std)
+    # A gate gradient is asked for only where the gate is an input (and exists: r > 0, a bias);
+    # the others are returned as zeros, and autograd drops them.
+    for field, gate, out, exists in (("dw_std", w_std, dw_std, True), ("dw_rec", w_rec, dw_rec, r > 0),
+                                     ("dw_disc", w_disc, dw_disc, bias is not None)):
+        if gate is not None and exists:
+            setattr(a, field, out.data_ptr())
+        else:
+            out.zero_()
     a.scale = scale
     a.deterministic = 1 if torch.are_deterministic_algorithms_enabled() else 0
     a.stream = torch.cuda.current_stream(v.device).cuda_stream
