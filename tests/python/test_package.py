@@ -223,6 +223,21 @@ class ReferenceThroughCAbi(unittest.TestCase):
         with self.assertRaisesRegex(rajit.InvalidArgumentError, "v: "):
             _lib.check(_lib.lib().rajit_forward(ctypes.byref(f)))
 
+    def test_backward_workspace_size_needs_no_gpu_and_null_args_are_refused(self):
+        a = _lib.BackwardArgs()
+        a.spec = _lib.Spec(56, 8, 64, 1, 0, 1)
+        sentinel = (1 << 64) - 1
+        nbytes = ctypes.c_size_t(sentinel)
+        _lib.check(_lib.lib().rajit_backward_workspace_bytes(ctypes.byref(a), ctypes.byref(nbytes)))
+        self.assertNotEqual(nbytes.value, sentinel)  # written
+        with self.assertRaisesRegex(rajit.InvalidArgumentError, r"rajit_backward_workspace_bytes \(bytes\)"):
+            _lib.check(_lib.lib().rajit_backward_workspace_bytes(ctypes.byref(a), None))
+        with self.assertRaisesRegex(rajit.InvalidArgumentError, "rajit_backward: args must not be NULL"):
+            _lib.check(_lib.lib().rajit_backward(None))
+        a.spec.d_std = 3
+        with self.assertRaisesRegex(rajit.InvalidArgumentError, r"d_std=3: must be a multiple of 4"):
+            _lib.check(_lib.lib().rajit_backward(ctypes.byref(a)))
+
 
 if __name__ == "__main__":
     unittest.main()
