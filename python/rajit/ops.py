@@ -191,11 +191,9 @@ def _reference_backward(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_dis
 
 # ---- gradient buffers (one allocation rule for the real and the fake implementations) ------
 
-def _alloc_like(t: Optional[torch.Tensor], dtype=None) -> Optional[torch.Tensor]:
-    if t is None:
-        return None
+def _alloc_like(t: torch.Tensor) -> torch.Tensor:
     B, H, T, W = t.shape
-    return _output_like_rows(B, H, T, W, dtype or t.dtype, t.device)
+    return _output_like_rows(B, H, T, W, t.dtype, t.device)
 
 
 def _alloc_side_grads(q_std, v, bias):
@@ -241,8 +239,9 @@ def ra_bwd(q_std: torch.Tensor, k_low: Optional[torch.Tensor], k_std: torch.Tens
 
 
 def _ra_bwd_buffers(q_std, k_low, k_std, q_low, v, bias):
-    empty = q_std.new_empty((0,))
-    lows = [empty, empty] if k_low is None else [_alloc_like(k_low), _alloc_like(q_low)]
+    # r = 0: two distinct empty tensors (a custom op's outputs must not alias each other).
+    lows = ([q_std.new_empty((0,)), q_std.new_empty((0,))] if k_low is None
+            else [_alloc_like(k_low), _alloc_like(q_low)])
     return [_alloc_like(q_std), lows[0], _alloc_like(k_std), lows[1], _alloc_like(v),
             *_alloc_side_grads(q_std, v, bias)]
 
@@ -264,7 +263,7 @@ def _setup_ra(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _gate_grads(ctx, w_std, w_rec, w_disc, dw_std, dw_rec, dw_disc):
+def _gate_grads(w_std, w_rec, w_disc, dw_std, dw_rec, dw_disc):
     return (dw_std if w_std is not None else None, dw_rec if w_rec is not None else None,
             dw_disc if w_disc is not None else None)
 
@@ -277,7 +276,7 @@ def _backward_ra(ctx, d_o, _d_lse):
     if k_low is None:
         dk_low = dq_low = None
     return (dq_std, dk_low, dk_std, dq_low, dv, d_bias if bias is not None else None,
-            *_gate_grads(ctx, w_std, w_rec, w_disc, dw_std, dw_rec, dw_disc), None, None)
+            *_gate_grads(w_std, w_rec, w_disc, dw_std, dw_rec, dw_disc), None, None)
 
 
 ra_fwd.register_autograd(_backward_ra, setup_context=_setup_ra)
@@ -352,7 +351,7 @@ def _backward_packed(ctx, d_o, _d_lse):
         q, k, v, bias, w_std, w_rec, w_disc, o, lse, _kernel_ready(d_o), ctx.d_std, ctx.folded,
         ctx.causal, ctx.scale)
     return (dq, dk, dv, d_bias if bias is not None else None,
-            *_gate_grads(ctx, w_std, w_rec, w_disc, dw_std, dw_rec, dw_disc),
+            *_gate_grads(w_std, w_rec, w_disc, dw_std, dw_rec, dw_disc),
             None, None, None, None)
 
 

@@ -179,6 +179,21 @@ class FakeAndCompile(unittest.TestCase):
         torch.library.opcheck(ops.ra_fwd, (q_std, k_low, k_std, q_low, v, beta, w, w, w, True, 0.0))
         Q, K = _rand(1, H, T, 12), _rand(1, H, T, 12)
         torch.library.opcheck(ops.ra_packed_fwd, (Q, K, v, beta, w, None, w, 8, True, True, 0.0))
+        # The backward ops have no autograd of their own (no double backward): check them on
+        # tensors that do not require grad.
+        q_std, k_low, k_std, q_low, v, beta, w, Q, K = (
+            t.detach() for t in (q_std, k_low, k_std, q_low, v, beta, w, Q, K))
+        o, lse = ops.ra_fwd(q_std, k_low, k_std, q_low, v, beta, w, w, w, True, 0.0)
+        d_o = torch.randn_like(o)
+        torch.library.opcheck(ops.ra_bwd, (q_std, k_low, k_std, q_low, v, beta, w, w, w, o, lse, d_o,
+                                           True, 0.0))
+        torch.library.opcheck(ops.ra_packed_bwd, (Q, K, v, beta, w, None, w, o, lse, d_o, 8, False,
+                                                  True, 0.0))
+        # r = 0 and no bias: the op still returns one distinct tensor per gradient slot.
+        o, lse = ops.ra_fwd(q_std, None, k_std, None, v, None, None, None, None, False, 0.0)
+        torch.library.opcheck(ops.ra_fwd, (q_std, None, k_std, None, v, None, None, None, None, False, 0.0))
+        torch.library.opcheck(ops.ra_bwd, (q_std, None, k_std, None, v, None, None, None, None, o, lse,
+                                           d_o, False, 0.0))
 
     def test_torch_compile_fullgraph_of_a_block_in_reference_mode(self):
         torch.manual_seed(1)
