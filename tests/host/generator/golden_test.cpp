@@ -69,3 +69,9 @@ TEST_CASE("golden: the seeds' config with bm128.bn64.w8.s2 matches tests/golden 
   check_golden({56, 8, 64, true, rajit::gen::BiasKind::kColumn, rajit::gen::Dtype::kBf16},
                {128, 64, 8, 2});
 }
+
+// The same config with the Hopper family's heuristic tile (wgmma, sm_90a).
+TEST_CASE("golden: the seeds' config with bm128.bn64.w8.s3.wgmma matches tests/golden byte for byte") {
+  check_golden({56, 8, 64, true, rajit::gen::BiasKind::kColumn, rajit::gen::Dtype::kBf16},
+               {128, 64, 8, 3, rajit::gen::MmaKind::kWgmma});
+}
