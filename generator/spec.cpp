@@ -186,8 +186,10 @@ void validate_wgmma(std::vector<std::string>& out, const AttentionSpec& s, const
   }
   if (bad & attn::kBadRegisters) {
     out.push_back(fmt::format(
-        "tile {}: {} threads x {} accumulator registers exceed the register file", t.key(),
-        t.warps * 32, attn::wgmma_fwd_registers(s.head_dim, t.block_n)));
+        "tile {}: {} accumulator registers per thread ({} threads) do not fit: at most {} S+O "
+        "registers per thread and {} registers per SM",
+        t.key(), attn::wgmma_fwd_registers(s.head_dim, t.block_n), t.warps * 32,
+        attn::kWgmmaMaxAccumulators, attn::kWgmmaRegisterFile));
   }
 }
 

@@ -20,7 +20,7 @@ gen::TileConfig heuristic_tile(const gen::AttentionSpec& spec, const Shape& shap
     const gen::MmaKind wg = gen::MmaKind::kWgmma;
     const std::vector<gen::TileConfig> wg_prefs =
         spec.head_dim == 128
-            ? std::vector<gen::TileConfig>{{192, 64, 12, 3, wg}, {128, 128, 8, 3, wg}, {128, 64, 8, 3, wg}}
+            ? std::vector<gen::TileConfig>{{192, 64, 12, 3, wg}, {128, 64, 8, 3, wg}}
             : std::vector<gen::TileConfig>{{128, 64, 8, 3, wg}, {128, 128, 8, 3, wg}, {64, 64, 4, 3, wg}};
     for (const auto& t : wg_prefs) {
       if (gen::validate(spec, t, max_shared_bytes).empty()) return t;

@@ -50,10 +50,19 @@ struct WgmmaFwdConfig {
   static constexpr int kVBytes = kBlockN * kVSlices * 128;
   static constexpr int kStageBytes = kKBytes + kVBytes;
   static constexpr int kBiasOffset = kQoBytes + kStages * kStageBytes;  // kStages x kBlockN fp32
-  static constexpr int kSharedBytes = 1024 + kBiasOffset + round_up(kStages * kBlockN * 4, 1024);
+  static constexpr int kBiasBytes = round_up(kStages * kBlockN * 4, 1024);
+  static constexpr int kSharedBytes = 1024 + kBiasOffset + kBiasBytes;
+  // Two mbarriers per stage (landed, released) live in the last 64 bytes of the bias region.
+  static constexpr int kBarrierOffset = kBiasOffset + kBiasBytes - 64;
+  static_assert(kStages * kBlockN * 4 <= kBiasBytes - 64 && 16 * kStages <= 64,
+                "no room for the stage barriers after the bias vectors");
   // Two CTAs per SM when their registers and shared memory allow it: the two CTAs' softmax and
   // MMA phases then overlap on the SM, which one CTA's lockstep warpgroups cannot do.
   static constexpr int kMinBlocksPerSm = wgmma_fwd_min_blocks(kHeadDim, kBlockN, kWarps, kSharedBytes);
+  // One CTA per SM: its warpgroups take turns on the tensor cores (see wait_turn). With two CTAs
+  // per SM the other CTA already fills the gaps; and the turn-taking costs registers, which made
+  // the head_dim 128 tiles spill (20-60 bytes, nvrtc tier), so they run without it.
+  static constexpr bool kPingPong = kWarpGroups > 1 && kMinBlocksPerSm == 1 && kHeadDim <= 64;
 
   static_assert(check_spec(kDStd, kR, kHeadDim) == 0, "invalid RA spec");
   static_assert(check_wgmma_tile(kDStd, kR, kHeadDim, kBlockM, kBlockN, kWarps, kStages,
@@ -94,6 +103,31 @@ struct WgmmaFwdKernel {
 
   __device__ __forceinline__ char* stage_base(int stage) const {
     return smem + C::kQoBytes + stage * C::kStageBytes;
+  }
+  // Stage s's "landed" barrier (every thread's cp.async for the tile in it completed) and its
+  // "released" barrier (every thread is done reading it).
+  __device__ __forceinline__ u32 landed_barrier(int stage) const {
+    return dev::smem_addr(smem + C::kBarrierOffset) + 8 * stage;
+  }
+  __device__ __forceinline__ u32 released_barrier(int stage) const {
+    return dev::smem_addr(smem + C::kBarrierOffset) + 8 * (C::kStages + stage);
+  }
+  // Ping-pong between warpgroups (FlashAttention-3's scheduling idea): warpgroup g issues its
+  // MMAs only after warpgroup g-1 has issued its own, so while one warpgroup's MMAs run on the
+  // tensor cores the previous one is in its softmax. Named barrier 1+g carries the turn to g.
+  // Warpgroup 0 starts without waiting and the last one skips its last hand-over, so every
+  // barrier sees equal arrivals and waits.
+  __device__ __forceinline__ void wait_turn(bool first_issue) const {
+    if constexpr (C::kPingPong) {
+      if (!(group == 0 && first_issue)) dev::named_barrier_sync(1 + group, 256);
+    }
+  }
+  __device__ __forceinline__ void pass_turn(bool last_issue) const {
+    if constexpr (C::kPingPong) {
+      if (!(group == C::kWarpGroups - 1 && last_issue)) {
+        dev::named_barrier_arrive(1 + (group + 1) % C::kWarpGroups, 256);
+      }
+    }
   }
   __device__ __forceinline__ float* stage_bias(int stage) const {
     return reinterpret_cast<float*>(smem + C::kBiasOffset) + stage * C::kBlockN;
@@ -221,19 +255,31 @@ struct WgmmaFwdKernel {
     }
     const int n_tiles = n_end > 0 ? (n_end + C::kBlockN - 1) / C::kBlockN : 0;
 
-    // Stage the query tile and the first kStages - 2 key tiles; each iteration then loads one
-    // tile ahead (see the loop).
+    // Stage barriers, then the query tile and the first kStages - 2 key tiles; each iteration
+    // then loads one tile ahead (see the loop).
+    if (tid == 0) {
+      for (int s = 0; s < C::kStages; ++s) {
+        dev::mbarrier_init(landed_barrier(s), C::kThreads);
+        dev::mbarrier_init(released_barrier(s), C::kThreads);
+      }
+    }
     load_folded<QTile, C::kBlockM>(smem, p.q_std, q_std_off, p.k_low, k_low_off, m0, seqlen_q);
     zero_pad<QTile, C::kBlockM>(smem);
     for (int s = 0; s < C::kStages; ++s) zero_pad<KTile, C::kBlockN>(stage_base(s));
     dev::cp_async_commit();  // group: the query tile
+    __syncthreads();         // the barriers are initialised before anyone arrives on them
     for (int s = 0; s < C::kStages - 2; ++s) {
-      if (s < n_tiles) load_kv(s, s);
-      dev::cp_async_commit();
+      if (s < n_tiles) {
+        load_kv(s, s);
+        dev::cp_async_mbarrier_arrive(landed_barrier(s));
+      }
     }
-    dev::cp_async_wait<C::kStages - 2>();  // the query group is complete
+    dev::cp_async_commit();
+    dev::cp_async_wait<1>();  // the query group is complete
     __syncthreads();
     scale_query_by_gates();
+    dev::fence_proxy_async_shared();  // gated Q and the zeroed pads -> wgmma's proxy
+    __syncthreads();
 
     float o_acc[C::kORegs];
 #pragma unroll
@@ -250,20 +296,26 @@ struct WgmmaFwdKernel {
     float s[C::kSRegs];           // S of this tile, then its P (fp32)    // (64, kBlockN) per WG
     u32 pa[C::kPvSteps][4];       // P of the previous tile, as k16 A fragments (bf16/fp16)
     for (int tile = 0; tile < n_tiles; ++tile) {
-      // Groups after tile `tile`'s own: kStages - 3 (tiles issued one iteration ahead).
-      dev::cp_async_wait<C::kStages - 3>();
-      dev::fence_proxy_async_shared();  // our cp.async and st.shared writes -> wgmma's proxy
-      __syncthreads();  // tile `tile` landed; every warpgroup finished P V of tile-2: reuse its stage
+      // Load one tile ahead into the stage of tile-2, once every thread has released it. No CTA
+      // barrier: a warpgroup may run up to a tile ahead of the other, so one's softmax overlaps
+      // the other's MMAs.
       {
         const int next = tile + C::kStages - 2;
-        if (next < n_tiles) load_kv(next, next % C::kStages);
-        dev::cp_async_commit();
+        if (next < n_tiles) {
+          const int st = next % C::kStages;
+          if (next >= C::kStages) dev::mbarrier_wait(released_barrier(st), (next / C::kStages - 1) & 1);
+          load_kv(next, st);
+          dev::cp_async_mbarrier_arrive(landed_barrier(st));
+        }
       }
+      dev::mbarrier_wait(landed_barrier(tile % C::kStages), (tile / C::kStages) & 1);
+      dev::fence_proxy_async_shared();
       const int stage = tile % C::kStages;
       const u32 k_smem = dev::smem_addr(stage_base(stage));
       const float* bias_smem = stage_bias(stage);
       const int n0 = tile * C::kBlockN;
 
+      wait_turn(tile == 0);
       dev::wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < C::kQkSteps; ++ks) {
@@ -277,8 +329,10 @@ struct WgmmaFwdKernel {
           dev::wgmma_rs<C::kHeadDim, E>(o_acc, pa[kk], v_descriptor(v_prev, kk), 1);
         }
         dev::wgmma_commit();
+        pass_turn(false);
         dev::wgmma_wait<1>();  // S is ready; P V of tile-1 may still run
       } else {
+        pass_turn(false);
         dev::wgmma_wait<0>();
       }
       dev::fence_registers(s);
@@ -344,6 +398,7 @@ struct WgmmaFwdKernel {
       // before `pa` is overwritten: the in-flight wgmma reads its A fragments asynchronously.
       dev::wgmma_wait<0>();
       dev::fence_registers(o_acc);
+      if (tile > 0) dev::mbarrier_arrive(released_barrier((tile - 1) % C::kStages));
       // P(tile) as A fragments: the S accumulators of two n8 tiles are one k16 fragment.
 #pragma unroll
       for (int kk = 0; kk < C::kPvSteps; ++kk) {
@@ -362,12 +417,14 @@ struct WgmmaFwdKernel {
     }
     if (n_tiles > 0) {  // the last tile's P V
       const u32 v_last = dev::smem_addr(stage_base((n_tiles - 1) % C::kStages) + C::kKBytes);
+      wait_turn(false);
       dev::wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < C::kPvSteps; ++kk) {
         dev::wgmma_rs<C::kHeadDim, E>(o_acc, pa[kk], v_descriptor(v_last, kk), 1);
       }
       dev::wgmma_commit();
+      pass_turn(true);
       dev::wgmma_wait<0>();
       dev::fence_registers(o_acc);
     }

@@ -132,6 +132,8 @@ inline constexpr int kWgmmaBlockNs[] = {64, 128};
 inline constexpr int kWgmmaHeadDims[] = {64, 128};  // the m64nN shapes ptx/wgmma.cuh spells out
 inline constexpr int kWgmmaRegisterFile = 65536;     // 32-bit registers per SM (sm_90)
 inline constexpr int kWgmmaRegisterOverhead = 48;    // addresses, softmax state, loop counters
+inline constexpr int kWgmmaMaxAccumulators = 96;     // S + O fp32 registers per thread; 128
+                                                     // (head_dim 128 x block_n 128) spills
 
 enum WgmmaRule : unsigned {
   kBadWgmmaHeadDim = 1u << 7,  // head_dim: 64 or 128 for wgmma tiles
@@ -191,7 +193,8 @@ RAJIT_HOST_DEVICE constexpr unsigned check_wgmma_tile(int d_std, int r, int head
     bad |= kBadSharedMemory;
   }
   if (warps * 32 * (wgmma_fwd_registers(head_dim, block_n) + kWgmmaRegisterOverhead) >
-      kWgmmaRegisterFile) {
+          kWgmmaRegisterFile ||
+      block_n / 2 + head_dim / 2 > kWgmmaMaxAccumulators) {
     bad |= kBadRegisters;
   }
   return bad;
