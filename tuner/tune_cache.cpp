@@ -224,6 +224,10 @@ TuneFile parse_tune_file(std::string_view text, const TuneFileLimits& limits) {
     }
     e.template_set_hash = string_field(j, "template_set_hash", where);
     e.tile = tile_field(j, "tile", where);
+    // The device's shared-memory limit is checked at use; here only the rule's other parts.
+    if (auto p = gen::validate(gen::parse_spec_key(e.spec), e.tile, 1 << 30); !p.empty()) {
+      corrupt(fmt::format("{}.tile: {} is not valid for {} ({})", where, e.tile.key(), e.spec, p.front()));
+    }
     e.ms = number_field(j, "ms", where);
     e.default_tile = tile_field(j, "default_tile", where);
     e.default_ms = number_field(j, "default_ms", where);
