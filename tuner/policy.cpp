@@ -128,8 +128,6 @@ TileDecision choose_forward_tile(const gen::AttentionSpec& spec, const Shape& sh
   }
   const TunePolicy policy = policy_arg ? *policy_arg : env_tune_policy();
   const ShapeBucket bucket = bucket_of(shape);
-  const std::string spec_key = spec.key();
-  const std::string bucket_key = bucket.key();
 
   // Decisions are cached per (device, spec, bucket, policy) and dropped whenever the tune store
   // changes, so the steady state is a single probe of this map.
@@ -137,8 +135,11 @@ TileDecision choose_forward_tile(const gen::AttentionSpec& spec, const Shape& sh
   static std::unordered_map<std::string, TileDecision> decisions;
   static std::size_t generation = 0;
   TuneStore& store = TuneStore::global();
-  const std::string key =
-      fmt::format("{}|{}|{}|{}", ordinal, spec_key, bucket_key, static_cast<int>(policy));
+  // Integers only: the spec and bucket keys are formatted on a miss, not on every call.
+  const std::string key = fmt::format(
+      "{}|{}|{}|{}|{:d}|{}|{}|{}|{}|{}|{}", ordinal, spec.d_std, spec.r, spec.head_dim, spec.causal,
+      static_cast<int>(spec.bias), static_cast<int>(spec.dtype), bucket.seqlen_q, bucket.seqlen_k,
+      bucket.batch_heads, static_cast<int>(policy));
   {
     std::lock_guard lock(mu);
     const std::size_t g = store.generation();
@@ -149,6 +150,8 @@ TileDecision choose_forward_tile(const gen::AttentionSpec& spec, const Shape& sh
     if (auto it = decisions.find(key); it != decisions.end()) return it->second;
   }
 
+  const std::string spec_key = spec.key();
+  const std::string bucket_key = bucket.key();
   static DeviceIdentityCache identities;
   PolicyInputs in;
   in.policy = policy;

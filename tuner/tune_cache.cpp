@@ -371,7 +371,7 @@ bool TuneStore::record(const std::vector<TuneEntry>& fresh, const TuneFileMeta& 
   std::lock_guard lock(mu_);
   ensure_loaded_locked();
   for (const auto& e : fresh) entries_[map_key(e.device, e.spec, e.bucket)] = e;
-  ++generation_;
+  generation_.fetch_add(1, std::memory_order_acq_rel);
   // Merge with what other processes wrote since we loaded: lock, re-read, merge, rename.
   const std::filesystem::path dir = path_.has_parent_path() ? path_.parent_path() : ".";
   std::error_code ec;
@@ -406,12 +406,11 @@ bool TuneStore::record(const std::vector<TuneEntry>& fresh, const TuneFileMeta& 
 void TuneStore::reload() noexcept {
   std::lock_guard lock(mu_);
   loaded_ = false;
-  ++generation_;
+  generation_.fetch_add(1, std::memory_order_acq_rel);
 }
 
 std::size_t TuneStore::generation() const noexcept {
-  std::lock_guard lock(mu_);
-  return generation_;
+  return generation_.load(std::memory_order_acquire);
 }
 
 }  // namespace rajit::tune

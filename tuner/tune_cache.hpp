@@ -1,6 +1,7 @@
 /// The tune cache: which tile won for (device, spec, shape bucket), persisted as JSON (S42-S44);
 /// the file format is a pure parse/serialise pair so it can be tested and fuzzed without a GPU.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <filesystem>
 #include <mutex>
@@ -137,7 +138,7 @@ class TuneStore {
   mutable std::mutex mu_;
   bool loaded_ = false;
   bool warned_write_ = false;
-  std::size_t generation_ = 0;
+  std::atomic<std::size_t> generation_{0};
   std::unordered_map<std::string, TuneEntry> entries_;
 };
 
