@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
@@ -190,7 +191,10 @@ namespace {
 std::mutex g_bundle_mu;
 bool g_bundle_resolved = false;
 std::shared_ptr<const Bundle> g_bundle;
+std::atomic<std::size_t> g_bundle_generation{0};
 }  // namespace
+
+std::size_t bundle_generation() noexcept { return g_bundle_generation.load(std::memory_order_acquire); }
 
 std::shared_ptr<const Bundle> active_bundle() {
   std::lock_guard lock(g_bundle_mu);
@@ -228,6 +232,7 @@ void use_bundle(const std::filesystem::path& dir) {
   std::lock_guard lock(g_bundle_mu);
   g_bundle_resolved = true;
   g_bundle = std::move(b);
+  g_bundle_generation.fetch_add(1, std::memory_order_acq_rel);
 }
 
 }  // namespace rajit::tune

@@ -78,6 +78,8 @@ class Bundle {
 /// The process-wide bundle: the one given to use_bundle(), else $RAJIT_BUNDLE (opened on first
 /// use), else none. Throws: BundleError when RAJIT_BUNDLE names an unusable bundle.
 std::shared_ptr<const Bundle> active_bundle();
+/// Bumped by every use_bundle(), so cached tile decisions made under another bundle are dropped.
+std::size_t bundle_generation() noexcept;
 /// Makes forward() use the bundle in `dir` (empty path: none) for every later call.
 /// Throws: BundleError.
 void use_bundle(const std::filesystem::path& dir);

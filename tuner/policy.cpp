@@ -134,7 +134,30 @@ TileDecision choose_forward_tile(const gen::AttentionSpec& spec, const Shape& sh
   static std::mutex mu;
   static std::unordered_map<std::string, TileDecision> decisions;
   static std::size_t generation = 0;
+  // The common case: this thread asked the same question last time and nothing was recorded
+  // since. Compared field by field, no formatting, no lock.
   TuneStore& store = TuneStore::global();
+  struct LastDecision {
+    bool valid = false;
+    int ordinal = -1;
+    gen::AttentionSpec spec;
+    ShapeBucket bucket;
+    TunePolicy policy = TunePolicy::kCached;
+    std::size_t generation = 0;
+    TileDecision decision;
+  };
+  thread_local LastDecision last;
+  // Both counters only grow, so their sum changes whenever either does.
+  const auto epoch = [&] { return store.generation() + bundle_generation(); };
+  const std::size_t generation_now = epoch();
+  if (last.valid && last.ordinal == ordinal && last.spec == spec && last.bucket == bucket &&
+      last.policy == policy && last.generation == generation_now) {
+    return last.decision;
+  }
+  const auto remember = [&](const TileDecision& d) {
+    last = LastDecision{true, ordinal, spec, bucket, policy, generation_now, d};
+    return d;
+  };
   // Integers only: the spec and bucket keys are formatted on a miss, not on every call.
   const std::string key = fmt::format(
       "{}|{}|{}|{}|{:d}|{}|{}|{}|{}|{}|{}", ordinal, spec.d_std, spec.r, spec.head_dim, spec.causal,
@@ -142,12 +165,12 @@ TileDecision choose_forward_tile(const gen::AttentionSpec& spec, const Shape& sh
       bucket.batch_heads, static_cast<int>(policy));
   {
     std::lock_guard lock(mu);
-    const std::size_t g = store.generation();
+    const std::size_t g = epoch();
     if (g != generation) {
       decisions.clear();
       generation = g;
     }
-    if (auto it = decisions.find(key); it != decisions.end()) return it->second;
+    if (auto it = decisions.find(key); it != decisions.end()) return remember(it->second);
   }
 
   const std::string spec_key = spec.key();
@@ -205,12 +228,12 @@ TileDecision choose_forward_tile(const gen::AttentionSpec& spec, const Shape& sh
   }
   const TileDecision d = decide_tile(in);
   std::lock_guard lock(mu);
-  if (store.generation() != generation) {
+  if (epoch() != generation) {
     decisions.clear();
-    generation = store.generation();
+    generation = epoch();
   }
   decisions[key] = d;
-  return d;
+  return remember(d);
 }
 
 }  // namespace rajit::tune

@@ -61,14 +61,14 @@ TEST_CASE("cli: a second `rajit tune` process reuses the cache and times nothing
   CHECK_FALSE(cli::contains(second.out, ",timed,"));
   CHECK(cli::contains(second.out, ",cached,"));
   // on_miss through forward(): the bucket is already tuned, so `rajit run` tunes nothing.
-  const auto run = cli::run(RAJIT_CLI_PATH, {"run", "--spec", kSpec, "--batch", "1", "--heads", "4",
+  const auto run = cli::run(cli::cli_path(), {"run", "--spec", kSpec, "--batch", "1", "--heads", "4",
                                              "--seqlen", "256", "--iters", "2"},
                             cache.path(), "RAJIT_TUNE=on_miss");
   INFO(run.out << run.err);
   CHECK(run.exit_code == 0);
   CHECK_FALSE(cli::contains(run.err, "tuning "));
   // A bucket not seen yet is tuned on the first call, and says so on stderr.
-  const auto miss = cli::run(RAJIT_CLI_PATH, {"run", "--spec", kSpec, "--batch", "1", "--heads", "2",
+  const auto miss = cli::run(cli::cli_path(), {"run", "--spec", kSpec, "--batch", "1", "--heads", "2",
                                               "--seqlen", "128", "--iters", "2"},
                              cache.path(), "RAJIT_TUNE=on_miss");
   INFO(miss.out << miss.err);
@@ -87,7 +87,7 @@ TEST_CASE("bundle: runs with NVRTC disabled; a tampered cubin is refused naming 
   REQUIRE(gen.exit_code == 0);
   cli::TempFolder empty("bundle-gpu-cache");  // no kernel cache: only the bundle can provide it
   const std::string env = "RAJIT_DISABLE_NVRTC=1 RAJIT_BUNDLE=" + cli::shell_quote(dir.string());
-  const auto run = cli::run(RAJIT_CLI_PATH, {"run", "--spec", kSpec, "--batch", "1", "--heads", "2",
+  const auto run = cli::run(cli::cli_path(), {"run", "--spec", kSpec, "--batch", "1", "--heads", "2",
                                              "--seqlen", "300", "--iters", "2"},
                             empty.path(), env);
   INFO(run.out << run.err);
@@ -95,7 +95,7 @@ TEST_CASE("bundle: runs with NVRTC disabled; a tampered cubin is refused naming 
   CHECK(cli::contains(run.out, "PASS"));
   CHECK(cli::contains(run.err, "using kernel bundle"));
   // Not covered: falls back to NVRTC, which is disabled here, so it fails with a clear error.
-  const auto miss = cli::run(RAJIT_CLI_PATH, {"run", "--spec", "fwd.bf16.ds120.r8.d128.full.nobias", "--batch",
+  const auto miss = cli::run(cli::cli_path(), {"run", "--spec", "fwd.bf16.ds120.r8.d128.full.nobias", "--batch",
                                               "1", "--heads", "2", "--seqlen", "64", "--iters", "1"},
                              empty.path(), env);
   INFO(miss.out << miss.err);
@@ -110,7 +110,7 @@ TEST_CASE("bundle: runs with NVRTC disabled; a tampered cubin is refused naming 
       f.put('\x5a');
     }
   }
-  const auto bad = cli::run(RAJIT_CLI_PATH, {"run", "--spec", kSpec, "--batch", "1", "--heads", "2",
+  const auto bad = cli::run(cli::cli_path(), {"run", "--spec", kSpec, "--batch", "1", "--heads", "2",
                                              "--seqlen", "300", "--iters", "2"},
                             empty.path(), env);
   INFO(bad.out << bad.err);
