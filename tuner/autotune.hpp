@@ -45,7 +45,7 @@ std::vector<Candidate> search_space(const gen::AttentionSpec& spec, const Shape&
 struct Choice {
   int winner = -1;               ///< index into the candidates; -1 when nothing was timed
   int runner_up = -1;            ///< best other timed candidate; -1 when none
-  double runner_up_margin = 0;   ///< (runner-up ms - winner ms) / winner ms
+  double runner_up_margin = 0;   ///< (runner-up ms - winner ms) / winner ms; < 0 after a tie
 };
 
 /// The winner among kTimed candidates: the fastest median, except that anything within

@@ -50,11 +50,13 @@ std::string string_field(const json& obj, const char* name, const std::string& w
   return s;
 }
 
-double number_field(const json& obj, const char* name, const std::string& where) {
+double number_field(const json& obj, const char* name, const std::string& where, double min = 0) {
   const json& v = field(obj, name, where);
   if (!v.is_number()) corrupt(fmt::format("{}.{}: must be a number", where, name));
   const double d = v.get<double>();
-  if (!(d >= 0) || d > 1e12) corrupt(fmt::format("{}.{}: {} must be finite and >= 0", where, name, d));
+  if (!(d >= min) || d > 1e12) {
+    corrupt(fmt::format("{}.{}: {} must be finite and >= {}", where, name, d, min));
+  }
   return d;
 }
 
@@ -231,7 +233,8 @@ TuneFile parse_tune_file(std::string_view text, const TuneFileLimits& limits) {
     e.ms = number_field(j, "ms", where);
     e.default_tile = tile_field(j, "default_tile", where);
     e.default_ms = number_field(j, "default_ms", where);
-    e.runner_up_margin = number_field(j, "runner_up_margin", where);
+    // Negative when the winner took a tie (within 1%) from a slightly faster runner-up.
+    e.runner_up_margin = number_field(j, "runner_up_margin", where, -1.0);
     const double c = number_field(j, "candidates", where);
     if (c > 1e6) corrupt(fmt::format("{}.candidates: {} is too large", where, c));
     e.candidates = static_cast<int>(c);

@@ -42,7 +42,8 @@ struct TuneEntry {
   double ms = 0;                  ///< median of the winner on the tuned shape
   double default_ms = 0;          ///< median of the heuristic default on the same run
   gen::TileConfig default_tile;
-  double runner_up_margin = 0;    ///< (runner-up ms - winner ms) / winner ms; 0 if alone
+  double runner_up_margin = 0;    ///< (runner-up ms - winner ms) / winner ms; 0 if alone; < 0
+                                  ///< when the winner took a 1% tie from a faster runner-up
   int candidates = 0;             ///< tile shapes considered (timed or not)
   std::string shape;              ///< the shape that was timed, "BxHxTqxTk"
 };

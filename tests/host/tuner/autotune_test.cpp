@@ -61,6 +61,21 @@ TEST_CASE("choose_winner: fastest wins; within 1% the heuristic, then the smalle
   cs[0].median_ms = 0.805;  // the default is within 1% of the fastest: it wins the tie
   ch = rajit::tune::choose_winner(cs);
   CHECK(ch.winner == 0);
+  CHECK(ch.runner_up == 1);
+  CHECK(ch.runner_up_margin < 0);  // the runner-up was a little faster
+  {
+    rajit::tune::TuneResult r;
+    r.spec = kSpec;
+    r.shape = {1, 4, 256, 256};
+    r.device = "nvidia_h200.sm90.132sm";
+    r.bucket = rajit::tune::bucket_of(r.shape);
+    r.candidates = cs;
+    r.choice = ch;
+    rajit::tune::TuneFile f;
+    f.entries.push_back(r.entry());
+    const auto back = rajit::tune::parse_tune_file(rajit::tune::serialize_tune_file(f));
+    CHECK(back.entries.at(0).runner_up_margin == doctest::Approx(ch.runner_up_margin));
+  }
 
   cs[0].median_ms = 1.0;  // two non-defaults within 1%: the smaller key wins, whatever the order
   cs[2].median_ms = 0.801;
