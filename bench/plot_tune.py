@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Draws a `rajit tune --format json` sweep as a PNG heatmap: tile config (rows) against
+"""Draws a `rajit tune --format json` (or csv) sweep as a PNG heatmap: tile config (rows) against
 spec and shape (columns), each cell the candidate's time relative to the fastest in its column
 (1.00 = winner; blank = invalid, failed or not timed). The heuristic default is boxed in each
 column, the winner starred.
@@ -13,7 +13,7 @@ import sys
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweep", help="JSON written by `rajit tune --format json`")
+    ap.add_argument("sweep", nargs="+", help="JSON or CSV files written by `rajit tune`")
     ap.add_argument("-o", "--output", default="tune.png", help="PNG to write (default tune.png)")
     ap.add_argument("--title", default=None, help="figure title (default: the device)")
     args = ap.parse_args()
@@ -24,11 +24,25 @@ def main() -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    with open(args.sweep) as f:
-        sweep = json.load(f)
-    rows = sweep.get("rows", [])
+    rows, device = [], "?"
+    for path in args.sweep:
+        with open(path) as f:
+            text = f.read()
+        if text.lstrip().startswith("{"):
+            sweep = json.loads(text)
+            device = sweep.get("device", device)
+            rows += sweep.get("rows", [])
+        else:
+            import csv
+            import io
+
+            for r in csv.DictReader(io.StringIO(text)):
+                device = r["device"]
+                rows.append({"spec": r["spec"], "shape": r["shape"], "tile": r["tile"],
+                             "status": r["status"], "ms": float(r["ms"]),
+                             "default": r["default"] == "1", "winner": r["winner"] == "1"})
     if not rows:
-        print(f"{args.sweep}: no rows", file=sys.stderr)
+        print(f"{' '.join(args.sweep)}: no rows", file=sys.stderr)
         return 1
 
     def tile_order(key):  # bm64.bn32.w4.s2 -> (64, 32, 4, 2)
@@ -68,7 +82,7 @@ def main() -> int:
     ax.set_yticks(range(len(tiles)), tiles, fontsize=8)
     labels = [f"{s.replace('fwd.', '')}\n{shape}" for s, shape in columns]
     ax.set_xticks(range(len(columns)), labels, fontsize=7, rotation=30, ha="right")
-    ax.set_title(args.title or f"rajit tune on {sweep.get('device', '?')}\ntime / fastest "
+    ax.set_title(args.title or f"rajit tune on {device}\ntime / fastest "
                  "(box = heuristic, * = winner)", fontsize=9)
     fig.colorbar(im, ax=ax, label="median ms / fastest")
     fig.tight_layout()
