@@ -1,10 +1,12 @@
-/// The `rajit` command line: info, gen, run, bench, cache. Thin wrappers over the library.
+/// The `rajit` command line: info, gen, run, bench, tune, cache. Thin wrappers over the library.
 // Results go to stdout, logs to stderr. Exit codes: 0 ok, 1 failure, 2 usage, 77 no GPU.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,11 +19,14 @@
 #include "runtime/error.hpp"
 #include "runtime/kernel_cache.hpp"
 #include "runtime/nvrtc.hpp"
+#include "tuner/autotune.hpp"
 #include "tuner/bench.hpp"
+#include "tuner/bundle.hpp"
 #include "tuner/forward.hpp"
 #include "tuner/harness.hpp"
 #include "tuner/heuristic.hpp"
 #include "tuner/offline.hpp"
+#include "tuner/tune_cache.hpp"
 
 namespace {
 
@@ -108,9 +113,43 @@ struct GenFlags {
   std::vector<std::string> archs{"sm_80", "sm_90"};
   std::vector<std::string> emit{"cu", "cubin"};
   std::string out = "rajit-kernels";
+  std::string bundle;                 // write a bundle (cubins + manifest with routes) here
+  std::string tune_file;              // bundle the entries of this tune file
+  std::vector<std::string> shapes;    // bundle these shapes with the heuristic tile
 };
 
+std::vector<tune::Shape> parse_shape_list(const std::vector<std::string>& texts);
+
+int cmd_gen_bundle(const SpecFlags& sf, const GenFlags& gf) {
+  std::vector<gen::Arch> archs;
+  for (const auto& a : gf.archs) archs.push_back(gen::parse_arch(a));
+  tune::BundlePlan plan;
+  if (!gf.tune_file.empty()) {
+    plan = tune::plan_bundle_from_tune_file(tune::read_tune_file(gf.tune_file), archs);
+  } else {
+    std::vector<tune::Shape> shapes = parse_shape_list(gf.shapes);
+    if (shapes.empty()) shapes.push_back(sf.shape());
+    plan = tune::plan_bundle_heuristic(sf.specs(), shapes, archs);
+  }
+  for (const auto& why : plan.skipped) std::fprintf(stderr, "rajit: skipped %s\n", why.c_str());
+  if (plan.routes.empty()) {
+    throw gen::SpecError({"bundle: nothing to bundle (no tune-file entry matches --arch)"});
+  }
+  tune::EmitOptions opt;
+  opt.archs = archs;
+  opt.cu = false;
+  opt.cubin = true;
+  opt.out_dir = gf.bundle;
+  opt.routes = plan.routes;
+  const auto kernels = tune::emit_kernels(plan.choices, opt);
+  for (const auto& r : plan.routes) fmt::print("route {} {} {} -> {}\n", r.spec, r.bucket, r.arch, r.tile);
+  fmt::print("bundle: {} kernels, {} routes, manifest {}\n", kernels.size(), plan.routes.size(),
+             (opt.out_dir / "manifest.json").string());
+  return kExitOk;
+}
+
 int cmd_gen(const SpecFlags& sf, const GenFlags& gf) {
+  if (!gf.bundle.empty()) return cmd_gen_bundle(sf, gf);
   tune::EmitOptions opt;
   for (const auto& a : gf.archs) opt.archs.push_back(gen::parse_arch(a));
   opt.cu = opt.ptx = opt.cubin = false;
@@ -125,7 +164,7 @@ int cmd_gen(const SpecFlags& sf, const GenFlags& gf) {
   const auto shape = sf.shape();
   for (const auto& s : sf.specs()) {
     if (auto t = sf.pinned()) {
-      choices.push_back({s, *t});
+      choices.push_back({s, *t, {}});
       continue;
     }
     for (const auto& a : opt.archs) {  // the heuristic may differ per arch
@@ -133,7 +172,7 @@ int cmd_gen(const SpecFlags& sf, const GenFlags& gf) {
           tune::heuristic_tile(s, shape, a.cc, a.max_shared_bytes(), a.arch_specific);
       bool seen = false;
       for (const auto& c : choices) seen = seen || (c.spec == s && c.tile == t);
-      if (!seen) choices.push_back({s, t});
+      if (!seen) choices.push_back({s, t, {}});
     }
   }
   const auto kernels = tune::emit_kernels(choices, opt);
@@ -239,6 +278,233 @@ tune::Shape parse_shape(const std::string& text) {
                                       "positive integers, e.g. 4x16x4096", text)});
   }
   return {v[0], v[1], v[2], v.size() == 4 ? v[3] : v[2]};
+}
+
+// One dimension of a shape: "N", or a range "start:end[:step]" where step is "+k" / "k" (add)
+// or "*k" (multiply; default *2), e.g. 1024:8192 = 1024, 2048, 4096, 8192 (S48).
+std::vector<int> parse_dim(const std::string& text, const std::string& whole) {
+  const auto bad = [&] {
+    return gen::SpecError({fmt::format("shapes={}: each dimension must be N or start:end[:step] "
+                                       "(step +k or *k) with positive integers, e.g. "
+                                       "4x16x1024:8192:*2", whole)});
+  };
+  const auto num = [&](const std::string& t) {
+    try {
+      std::size_t used = 0;
+      const int v = std::stoi(t, &used);
+      if (used != t.size() || v < 1) throw bad();
+      return v;
+    } catch (const gen::SpecError&) {
+      throw;
+    } catch (const std::exception&) {
+      throw bad();
+    }
+  };
+  std::vector<std::string> parts;
+  std::size_t pos = 0;
+  for (;;) {
+    const auto c = text.find(':', pos);
+    parts.push_back(text.substr(pos, c == std::string::npos ? c : c - pos));
+    if (c == std::string::npos) break;
+    pos = c + 1;
+  }
+  if (parts.size() == 1) return {num(parts[0])};
+  if (parts.size() > 3) throw bad();
+  const int start = num(parts[0]), end = num(parts[1]);
+  bool multiply = true;
+  int step = 2;
+  if (parts.size() == 3) {
+    std::string st = parts[2];
+    multiply = !st.empty() && st[0] == '*';
+    if (!st.empty() && (st[0] == '*' || st[0] == '+')) st = st.substr(1);
+    step = num(st);
+    if (multiply && step < 2) throw bad();
+  }
+  if (end < start) throw bad();
+  std::vector<int> out;
+  for (long long v = start; v <= end && out.size() < 4096; v = multiply ? v * step : v + step) {
+    out.push_back(static_cast<int>(v));
+  }
+  return out;
+}
+
+std::vector<tune::Shape> parse_shape_list(const std::vector<std::string>& texts) {
+  std::vector<tune::Shape> out;
+  for (const auto& text : texts) {
+    std::vector<std::vector<int>> dims;
+    std::size_t pos = 0;
+    for (;;) {
+      const auto x = text.find('x', pos);
+      dims.push_back(parse_dim(text.substr(pos, x == std::string::npos ? x : x - pos), text));
+      if (x == std::string::npos) break;
+      pos = x + 1;
+    }
+    if (dims.size() != 3 && dims.size() != 4) {
+      throw gen::SpecError({fmt::format("shapes={}: each shape must be BxHxT or BxHxTqxTk, e.g. "
+                                        "4x16x4096 or 4x16x1024:8192", text)});
+    }
+    for (int b : dims[0])
+      for (int h : dims[1])
+        for (int tq : dims[2]) {
+          if (dims.size() == 3) {
+            out.push_back({b, h, tq, tq});
+          } else {
+            for (int tk : dims[3]) out.push_back({b, h, tq, tk});
+          }
+        }
+  }
+  return out;
+}
+
+struct TuneFlags {
+  std::vector<std::string> shapes;
+  std::string format = "table", output, export_to, arch;
+  bool dry_run = false, force = false, no_save = false;
+  int iters = 30, warmup = 5, threads = 0;
+};
+
+int cmd_tune(const SpecFlags& sf, const TuneFlags& tf) {
+  if (tf.format != "table" && tf.format != "csv" && tf.format != "json") {
+    throw gen::SpecError({fmt::format("format={}: must be table, csv or json", tf.format)});
+  }
+  if (!tf.export_to.empty()) {  // export only: every usable entry, for all ranks to load
+    tune::TuneFile file;
+    file.meta = tune::current_meta();
+    file.entries = tune::TuneStore::global().entries();
+    tune::write_file_atomic(tf.export_to, tune::serialize_tune_file(file));
+    std::fprintf(stderr, "rajit: exported %zu entries from %s to %s\n", file.entries.size(),
+                 tune::TuneStore::global().path().c_str(), tf.export_to.c_str());
+    return kExitOk;
+  }
+  std::vector<tune::Shape> shapes = parse_shape_list(tf.shapes);
+  if (shapes.empty()) shapes.push_back(sf.shape());
+  const auto specs = sf.specs();
+  nlohmann::json rows = nlohmann::json::array();
+  const auto add_row = [&](const gen::AttentionSpec& s, const tune::Shape& sh,
+                           const tune::Candidate& c, const std::string& status, bool winner) {
+    rows.push_back({{"spec", s.key()},
+                    {"shape", fmt::format("{}x{}x{}x{}", sh.batch, sh.heads, sh.seqlen_q, sh.seqlen_k)},
+                    {"bucket", tune::bucket_of(sh).key()},
+                    {"tile", c.tile.key()},
+                    {"default", c.is_default},
+                    {"winner", winner},
+                    {"status", status},
+                    {"ms", c.median_ms},
+                    {"tflops", c.tflops},
+                    {"max_err", c.max_abs_err},
+                    {"reason", c.reason}});
+  };
+  std::string device = "dry-run";
+  if (tf.dry_run) {
+    int cc = 90, max_shared = gen::parse_arch("sm_90").max_shared_bytes();
+    if (!tf.arch.empty()) {
+      const gen::Arch a = gen::parse_arch(tf.arch);
+      cc = a.cc;
+      max_shared = a.max_shared_bytes();
+    }
+    for (const auto& s : specs)
+      for (const auto& sh : shapes)
+        for (const auto& c : tune::search_space(s, sh, cc, max_shared)) {
+          add_row(s, sh, c, std::string(tune::to_string(c.status)), false);
+        }
+    device = fmt::format("dry-run sm_{}", cc);
+  } else {
+    const rt::DriverStatus drv = rt::probe_driver();
+    if (!drv.ok || rt::device_count() == 0) {
+      std::fprintf(stderr, "rajit: tune needs a GPU (use --dry-run to list candidates): %s\n",
+                   drv.ok ? "no device" : drv.reason.c_str());
+      return kExitNoGpu;
+    }
+    device = tune::device_identity_of(0);
+    tune::TuneStore& store = tune::TuneStore::global();
+    tune::TuneOptions opt;
+    opt.bench.iters = tf.iters;
+    opt.bench.warmup = tf.warmup;
+    opt.compile_threads = tf.threads;
+    int done = 0, cached = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (const auto& s : specs)
+      for (const auto& sh : shapes) {
+        const std::string bucket = tune::bucket_of(sh).key();
+        if (!tf.force) {
+          if (auto e = store.lookup(device, s.key(), bucket)) {
+            std::fprintf(stderr, "rajit: %s %s: cached %s (%.3f ms, heuristic %s %.3f ms); "
+                                 "nothing timed (--force re-tunes)\n",
+                         s.key().c_str(), bucket.c_str(), e->tile.key().c_str(), e->ms,
+                         e->default_tile.key().c_str(), e->default_ms);
+            tune::Candidate c;
+            c.tile = e->tile;
+            c.is_default = e->tile == e->default_tile;
+            c.median_ms = e->ms;
+            add_row(s, sh, c, "cached", true);
+            ++cached;
+            continue;
+          }
+        }
+        std::fprintf(stderr, "rajit: tuning %s %dx%dx%dx%d (%s)...\n", s.key().c_str(), sh.batch,
+                     sh.heads, sh.seqlen_q, sh.seqlen_k, bucket.c_str());
+        opt.on_candidate = [&](const tune::Candidate& c, int, int) {
+          if (c.status == tune::CandidateStatus::kInvalid) return;
+          std::fprintf(stderr, "  %-18s %-14s %9.4f ms %7.1f TFLOP/s  max err %.2e%s%s\n",
+                       c.tile.key().c_str(), std::string(tune::to_string(c.status)).c_str(),
+                       c.median_ms, c.tflops, c.max_abs_err, c.is_default ? "  (heuristic)" : "",
+                       c.reason.empty() ? "" : ("  " + c.reason).c_str());
+        };
+        const tune::TuneResult r = tune::tune_shape(s, sh, 0, opt);
+        for (int i = 0; i < static_cast<int>(r.candidates.size()); ++i) {
+          add_row(s, sh, r.candidates[i], std::string(tune::to_string(r.candidates[i].status)),
+                  i == r.choice.winner);
+        }
+        const tune::TuneEntry e = r.entry();
+        std::fprintf(stderr, "rajit: %s %s: %s; winner %s %.4f ms, heuristic %s %.4f ms "
+                             "(%.1f%% faster), runner-up margin %.1f%%, %.1f s\n",
+                     s.key().c_str(), bucket.c_str(), r.summary().c_str(), e.tile.key().c_str(),
+                     e.ms, e.default_tile.key().c_str(), e.default_ms,
+                     100.0 * (e.default_ms - e.ms) / e.default_ms, 100.0 * e.runner_up_margin,
+                     r.seconds);
+        if (!tf.no_save) store.record({e}, tune::current_meta());
+        ++done;
+      }
+    std::fprintf(stderr, "rajit: tuned %d buckets, %d from the cache, in %.1f s; tune file %s\n",
+                 done, cached,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                 store.path().c_str());
+  }
+  std::string text;
+  if (tf.format == "json") {
+    text = nlohmann::json{{"device", device}, {"rows", rows}}.dump(2) + "\n";
+  } else if (tf.format == "csv") {
+    text = "device,spec,shape,bucket,tile,default,winner,status,ms,tflops,max_err,reason\n";
+    for (const auto& r : rows) {
+      std::string reason = r["reason"].get<std::string>();
+      for (auto& ch : reason) if (ch == ',' || ch == '"' || ch == '\n') ch = ';';
+      text += fmt::format("{},{},{},{},{},{},{},{},{:.4f},{:.1f},{:.3e},{}\n", device,
+                          r["spec"].get<std::string>(), r["shape"].get<std::string>(),
+                          r["bucket"].get<std::string>(), r["tile"].get<std::string>(),
+                          r["default"].get<bool>() ? 1 : 0, r["winner"].get<bool>() ? 1 : 0,
+                          r["status"].get<std::string>(), r["ms"].get<double>(),
+                          r["tflops"].get<double>(), r["max_err"].get<double>(), reason);
+    }
+  } else {
+    text = fmt::format("device: {}\n{:<40} {:<18} {:<18} {:<15} {:>9} {:>8} {:>9}  {}\n", device,
+                       "spec", "shape", "tile", "status", "ms", "TFLOP/s", "max err", "note");
+    for (const auto& r : rows) {
+      std::string note = r["winner"].get<bool>() ? "winner" : "";
+      if (r["default"].get<bool>()) note += note.empty() ? "heuristic" : ", heuristic";
+      if (!r["reason"].get<std::string>().empty()) note += (note.empty() ? "" : "; ") + r["reason"].get<std::string>();
+      text += fmt::format("{:<40} {:<18} {:<18} {:<15} {:>9.4f} {:>8.1f} {:>9.2e}  {}\n",
+                          r["spec"].get<std::string>(), r["shape"].get<std::string>(),
+                          r["tile"].get<std::string>(), r["status"].get<std::string>(),
+                          r["ms"].get<double>(), r["tflops"].get<double>(),
+                          r["max_err"].get<double>(), note);
+    }
+  }
+  if (tf.output.empty()) {
+    fmt::print("{}", text);
+  } else {
+    tune::write_file_atomic(tf.output, text);
+  }
+  return kExitOk;
 }
 
 int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
@@ -363,6 +629,12 @@ int main(int argc, char** argv) {
       ->delimiter(',')->capture_default_str();
   genc->add_option("--emit", gf.emit, "what to write: cu, ptx, cubin")->delimiter(',')->capture_default_str();
   genc->add_option("--out", gf.out, "output folder")->capture_default_str();
+  genc->add_option("--bundle", gf.bundle, "write a deployable bundle (cubins + manifest.json with "
+                                          "routes; load it with RAJIT_BUNDLE=DIR) into this folder");
+  genc->add_option("--tune-file", gf.tune_file, "with --bundle: bundle every entry of this tune "
+                                                "file (e.g. $RAJIT_CACHE_DIR/tune.json)");
+  genc->add_option("--shapes", gf.shapes, "with --bundle: BxHxT[xTk] shapes (ranges start:end[:*k]) "
+                                          "routed to the heuristic tile")->delimiter(',');
   auto* run = app.add_subcommand("run", "run one spec and shape on the GPU and check it against the "
                                         "float64 reference (compile only without a GPU)");
   sf.add_to(*run);
@@ -381,6 +653,24 @@ int main(int argc, char** argv) {
   bench->add_option("--format", bf.format, "table, csv or json")->capture_default_str();
   bench->add_option("--iters", bf.iters, "timed launches per row")->capture_default_str();
   bench->add_option("--warmup", bf.warmup, "untimed launches first")->capture_default_str();
+  TuneFlags tf;
+  auto* tunec = app.add_subcommand("tune", "time every valid tile shape per spec and shape, verify "
+                                           "each against the heuristic default, keep the fastest in "
+                                           "the tune cache ($RAJIT_TUNE_FILE or <cache>/tune.json)");
+  sf.add_to(*tunec);
+  tunec->add_option("--shapes", tf.shapes, "BxHxT[xTk] list; any dimension may be a range "
+                                           "start:end[:step] (step +k or *k, default *2)")->delimiter(',');
+  tunec->add_option("--format", tf.format, "table, csv or json")->capture_default_str();
+  tunec->add_option("-o,--output", tf.output, "write the results here instead of stdout");
+  tunec->add_flag("--dry-run", tf.dry_run, "list the candidates (valid and invalid) without a GPU");
+  tunec->add_option("--arch", tf.arch, "with --dry-run: the arch whose limits apply (default sm_90)");
+  tunec->add_flag("--force", tf.force, "re-tune buckets already in the tune cache");
+  tunec->add_flag("--no-save", tf.no_save, "do not write the tune cache");
+  tunec->add_option("--export", tf.export_to, "write every usable tune-cache entry to this file "
+                                              "(load it on every rank with RAJIT_TUNE_FILE) and exit");
+  tunec->add_option("--iters", tf.iters, "timed launches per candidate")->capture_default_str();
+  tunec->add_option("--warmup", tf.warmup, "untimed launches per candidate")->capture_default_str();
+  tunec->add_option("--threads", tf.threads, "compile threads (0 = min(cores, 8))")->capture_default_str();
   auto* cache = app.add_subcommand("cache", "the on-disk kernel cache ($RAJIT_CACHE_DIR)");
   cache->require_subcommand(1);
   auto* ls = cache->add_subcommand("ls", "list cached kernels");
@@ -400,6 +690,7 @@ int main(int argc, char** argv) {
     if (*genc) return cmd_gen(sf, gf);
     if (*run) return cmd_run(sf, rf);
     if (*bench) return cmd_bench(sf, bf);
+    if (*tunec) return cmd_tune(sf, tf);
     if (*cache) {
       if (*rm && !rm_all && rm_names.empty()) {
         std::fprintf(stderr, "rajit: cache rm: give entry names or --all\n");
@@ -410,6 +701,12 @@ int main(int argc, char** argv) {
   } catch (const gen::SpecError& e) {  // also tune::ArgumentError
     std::fprintf(stderr, "rajit: invalid input:\n%s\n", e.what());
     return kExitUsage;
+  } catch (const tune::TuneFileError& e) {
+    std::fprintf(stderr, "rajit: tune file: %s\n", e.what());
+    return kExitUsage;
+  } catch (const tune::BundleError& e) {
+    std::fprintf(stderr, "rajit: %s\n", e.what());
+    return kExitFailure;
   } catch (const std::filesystem::filesystem_error& e) {
     std::fprintf(stderr, "rajit: %s\n", e.what());
     return kExitUsage;

@@ -71,11 +71,15 @@ std::unique_ptr<InputSet> make_set(const gen::AttentionSpec& s, const Shape& sh,
 
 }  // namespace
 
-BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
-                          std::optional<gen::TileConfig> tile, const BenchOptions& opt) {
-  rt::make_primary_context_current(0);
-  const rt::DeviceInfo dev = rt::device_info(0);
-  std::mt19937_64 rng(12345);
+struct ForwardInputs::Set {
+  std::unique_ptr<InputSet> set;
+};
+
+ForwardInputs::ForwardInputs(const gen::AttentionSpec& s, const Shape& sh, double l2_multiple,
+                             int ordinal, std::uint64_t seed) {
+  rt::make_primary_context_current(ordinal);
+  const rt::DeviceInfo dev = rt::device_info(ordinal);
+  std::mt19937_64 rng(seed);
   std::normal_distribution<float> dist(0.f, 1.f);
   std::vector<std::uint16_t> noise(1 << 20);
   for (auto& x : noise) x = to_storage(s.dtype, dist(rng));
@@ -87,36 +91,80 @@ BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
       2.0 * sh.batch * sh.heads *
       (static_cast<double>(sh.seqlen_q) * (s.d_std + s.r + s.head_dim) +
        static_cast<double>(sh.seqlen_k) * (s.d_std + s.r + s.head_dim));
-  int sets = static_cast<int>(std::ceil(opt.l2_multiple * dev.l2_bytes / set_bytes));
+  int sets = static_cast<int>(std::ceil(l2_multiple * dev.l2_bytes / set_bytes));
   sets = std::clamp(sets, 1, 64);
-  std::vector<std::unique_ptr<InputSet>> inputs;
   for (int i = 0; i < sets; ++i) {
-    inputs.push_back(make_set(s, sh, noise, fnoise));
-    inputs.back()->args.tile = tile;
+    sets_.push_back(std::make_unique<Set>());
+    sets_.back()->set = make_set(s, sh, noise, fnoise);
   }
+}
 
+ForwardInputs::~ForwardInputs() = default;
+ForwardInputs::ForwardInputs(ForwardInputs&&) noexcept = default;
+ForwardInputs& ForwardInputs::operator=(ForwardInputs&&) noexcept = default;
+
+int ForwardInputs::size() const noexcept { return static_cast<int>(sets_.size()); }
+
+ForwardArgs& ForwardInputs::args(int i) { return sets_.at(static_cast<std::size_t>(i))->set->args; }
+
+void ForwardInputs::poison_output(int i) {
+  sets_.at(static_cast<std::size_t>(i))->set->o.fill_bytes(0xff);  // 0xffff is NaN in fp16 and bf16
+}
+
+std::vector<std::uint16_t> ForwardInputs::output(int i) const {
+  const InputSet& set = *sets_.at(static_cast<std::size_t>(i))->set;
+  RAJIT_CU_CHECK(rt::driver().cuCtxSynchronize(), "waiting for the output");
+  std::vector<std::uint16_t> out(set.o.size() / 2);
+  set.o.download(out.data(), out.size() * 2);
+  return out;
+}
+
+BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> tile,
+                         const BenchOptions& opt) {
+  const int sets = inputs.size();
+  for (int i = 0; i < sets; ++i) inputs.args(i).tile = tile;
   const rt::DriverApi& api = rt::driver();
   BenchResult res;
   res.input_sets = sets;
-  for (int i = 0; i < opt.warmup; ++i) res.tile = forward(inputs[i % sets]->args).tile;
-  std::vector<CUevent> events(static_cast<std::size_t>(opt.iters) + 1);
+  res.tile = forward(inputs.args(0)).tile;
+  for (int i = 1; i < opt.warmup; ++i) forward(inputs.args(i % sets));
+  const int iters = std::max(opt.iters, 1);
+  std::vector<CUevent> events(static_cast<std::size_t>(iters) + 1);
   for (auto& e : events) RAJIT_CU_CHECK(api.cuEventCreate(&e, CU_EVENT_DEFAULT), "creating an event");
-  RAJIT_CU_CHECK(api.cuEventRecord(events[0], nullptr), "recording an event");
-  for (int i = 0; i < opt.iters; ++i) {
-    forward(inputs[i % sets]->args);
-    RAJIT_CU_CHECK(api.cuEventRecord(events[static_cast<std::size_t>(i) + 1], nullptr), "recording an event");
+  const auto destroy = [&] {
+    for (auto& e : events) api.cuEventDestroy(e);
+  };
+  try {
+    RAJIT_CU_CHECK(api.cuEventRecord(events[0], nullptr), "recording an event");
+    for (int i = 0; i < iters; ++i) {
+      forward(inputs.args(i % sets));
+      RAJIT_CU_CHECK(api.cuEventRecord(events[static_cast<std::size_t>(i) + 1], nullptr),
+                     "recording an event");
+    }
+    RAJIT_CU_CHECK(api.cuEventSynchronize(events.back()), "waiting for the benchmark");
+    std::vector<float> ms(static_cast<std::size_t>(iters));
+    for (std::size_t i = 0; i < ms.size(); ++i) {
+      RAJIT_CU_CHECK(api.cuEventElapsedTime(&ms[i], events[i], events[i + 1]), "reading an event");
+    }
+    std::sort(ms.begin(), ms.end());
+    res.median_ms = ms[ms.size() / 2];
+    res.min_ms = ms.front();
+  } catch (...) {
+    destroy();
+    throw;
   }
-  RAJIT_CU_CHECK(api.cuEventSynchronize(events.back()), "waiting for the benchmark");
-  std::vector<float> ms(static_cast<std::size_t>(opt.iters));
-  for (std::size_t i = 0; i < ms.size(); ++i) {
-    RAJIT_CU_CHECK(api.cuEventElapsedTime(&ms[i], events[i], events[i + 1]), "reading an event");
-  }
-  for (auto& e : events) api.cuEventDestroy(e);
-  std::sort(ms.begin(), ms.end());
-  res.median_ms = ms[ms.size() / 2];
-  res.min_ms = ms.front();
-  res.tflops = forward_flops(s, sh) / (res.median_ms * 1e-3) / 1e12;
+  destroy();
+  const ForwardArgs& a = inputs.args(0);
+  const Shape sh{static_cast<int>(a.q_std.shape[0]), static_cast<int>(a.q_std.shape[1]),
+                 static_cast<int>(a.q_std.shape[2]), static_cast<int>(a.k_std.shape[2])};
+  res.tflops = forward_flops(a.spec, sh) / (res.median_ms * 1e-3) / 1e12;
   return res;
+}
+
+BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
+                          std::optional<gen::TileConfig> tile, const BenchOptions& opt) {
+  ForwardInputs inputs(s, sh, opt.l2_multiple, 0);
+  return time_forward(inputs, tile, opt);
 }
 
 double bench_dispatch_us(int calls) {

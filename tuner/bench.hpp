@@ -1,9 +1,13 @@
 /// Timing of the forward kernel: CUDA events, warm-up, median of many runs, inputs rotated so the
 /// working set is several times the L2 (S45); also the host dispatch microbenchmark.
 #pragma once
+#include <cstdint>
+#include <memory>
 #include <optional>
+#include <vector>
 
 #include "generator/spec.hpp"
+#include "tuner/forward.hpp"
 #include "tuner/heuristic.hpp"
 
 namespace rajit::tune {
@@ -20,6 +24,36 @@ struct BenchResult {
   double tflops = 0;  ///< FlashAttention convention, from the median
   int input_sets = 0;
 };
+
+/// Random input sets for one (spec, shape) on the current context's device: separate
+/// (B,H,T,width) tensors, gates and bias set, never zeros. Enough sets are made that rotating
+/// through them touches `l2_multiple` times the L2, so timings never run out of a warm cache.
+/// Shared by `rajit bench` and the autotuner. Not thread-safe; move-only.
+/// Throws (constructor): rt::DriverError (allocation), rt::NoDriverError.
+class ForwardInputs {
+ public:
+  ForwardInputs(const gen::AttentionSpec& spec, const Shape& shape, double l2_multiple,
+                int device_ordinal = 0, std::uint64_t seed = 12345);
+  ~ForwardInputs();
+  ForwardInputs(ForwardInputs&&) noexcept;
+  ForwardInputs& operator=(ForwardInputs&&) noexcept;
+
+  int size() const noexcept;
+  ForwardArgs& args(int set);
+  /// Fills set `set`'s O with NaN bit patterns, so unwritten elements are detected.
+  void poison_output(int set);
+  /// O of set `set` as raw fp16/bf16 bits, (B,H,Tq,Dv) contiguous; synchronises the context.
+  std::vector<std::uint16_t> output(int set) const;
+
+ private:
+  struct Set;
+  std::vector<std::unique_ptr<Set>> sets_;
+};
+
+/// Times forward() over `inputs` (rotating sets) with `tile` pinned, or the default choice.
+/// Throws: what forward() throws, rt::DriverError (events).
+BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> tile,
+                         const BenchOptions& options = {});
 
 /// Times forward() for (spec, shape) with the pinned tile or the heuristic one, on device 0.
 /// Inputs are random (never zeros), separate (B,H,T,width) tensors, gates and bias set.

@@ -13,7 +13,9 @@
 #include "runtime/module.hpp"
 #include "templates/attention/limits.cuh"
 #include "templates/attention/params.cuh"
+#include "tuner/bundle.hpp"
 #include "tuner/heuristic.hpp"
+#include "tuner/policy.hpp"
 
 namespace rajit::tune {
 namespace {
@@ -80,6 +82,7 @@ int device_of(const void* ptr) {
 struct HotEntry {
   rt::Kernel kernel;
   int shared_bytes = 0;
+  bool from_bundle = false;
 };
 
 }  // namespace
@@ -140,7 +143,6 @@ LaunchRecord forward(const ForwardArgs& a) {
 
   const Shape shape{static_cast<int>(a.q_std.shape[0]), static_cast<int>(a.q_std.shape[1]),
                     static_cast<int>(a.q_std.shape[2]), static_cast<int>(a.k_std.shape[2])};
-  gen::TileConfig tile;
   if (a.tile) {
     gen::require_valid(s, *a.tile, dev.max_shared);
     if (!gen::runs_on(*a.tile, dev.cc)) {
@@ -148,9 +150,14 @@ LaunchRecord forward(const ForwardArgs& a) {
                                        "this device is sm_{}: pin an mma.sync tile",
                                        a.tile->key(), dev.cc)});
     }
-    tile = *a.tile;
-  } else {
-    tile = heuristic_tile(s, shape, dev.cc, dev.max_shared);
+  }
+  const TileDecision decision =
+      choose_forward_tile(s, shape, ordinal, dev.cc, dev.max_shared, a.tile, a.tune);
+  const gen::TileConfig tile = decision.tile;
+  if (!gen::runs_on(tile, dev.cc)) {  // e.g. a wgmma tile from RAJIT_TILE or another GPU's file
+    throw ArgumentError({fmt::format("tile {} (from {}): wgmma tiles run only on sm_90 GPUs; this "
+                                     "device is sm_{}",
+                                     tile.key(), to_string(decision.source), dev.cc)});
   }
 
   // Hot path: (context, spec, tile) -> loaded kernel, without hashing the source again.
@@ -172,7 +179,17 @@ LaunchRecord forward(const ForwardArgs& a) {
     req.options = src.options;
     req.arch = arch_for(tile, dev.cc);
     req.extra_key = src.template_set_hash;
-    entry.kernel = rt::KernelCache::global().get(req, ordinal);
+    const auto bundle = active_bundle();
+    const BundleKernel* bk = bundle ? bundle->kernel(s.key(), tile.key(), req.arch) : nullptr;
+    if (bk == nullptr && bundle && dev.cc == 90) bk = bundle->kernel(s.key(), tile.key(), "sm_90a");
+    if (bk != nullptr) {  // deployment: no NVRTC, no disk cache; the hash is checked first
+      auto module = std::make_shared<const rt::Module>(bundle->read_cubin(*bk), src.readable_key);
+      entry.kernel = rt::Kernel{module->function(src.entry), module, src.entry, src.shared_bytes,
+                                src.threads};
+      entry.from_bundle = true;
+    } else {
+      entry.kernel = rt::KernelCache::global().get(req, ordinal);
+    }
     entry.shared_bytes = src.shared_bytes;
     std::lock_guard lock(hot_mu);
     hot.emplace(hot_key, entry);
@@ -213,7 +230,7 @@ LaunchRecord forward(const ForwardArgs& a) {
   rt::launch(entry.kernel, static_cast<unsigned>(shape.batch * shape.heads),
              static_cast<unsigned>(p.num_m_blocks), 1, static_cast<unsigned>(tile.warps * 32),
              static_cast<unsigned>(entry.shared_bytes), a.stream, args);
-  return {tile, entry.kernel.name};
+  return {tile, entry.kernel.name, decision.source, entry.from_bundle};
 }
 
 }  // namespace rajit::tune

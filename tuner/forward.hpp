@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "generator/spec.hpp"
+#include "tuner/policy.hpp"
 
 namespace rajit::tune {
 
@@ -41,7 +42,8 @@ struct ForwardArgs {
   const float* w_disc = nullptr;
   double scale = 0;  ///< 0 = 1 / sqrt(d_std + r)
   CUstream stream = nullptr;
-  std::optional<gen::TileConfig> tile;  ///< pin a tile; default: the heuristic
+  std::optional<gen::TileConfig> tile;  ///< pin a tile; default: RAJIT_TILE, else the policy
+  std::optional<TunePolicy> tune;       ///< default: RAJIT_TUNE, else cached (docs/tuning.md)
 };
 
 /// Raised before anything launches when the arguments do not describe a valid call; what()
@@ -59,14 +61,18 @@ std::vector<std::string> check_forward_args(const ForwardArgs& args);
 struct LaunchRecord {
   gen::TileConfig tile;
   std::string kernel;  ///< entry name
+  TileSource source = TileSource::kHeuristic;  ///< why this tile
+  bool from_bundle = false;                    ///< the cubin came from the active bundle
 };
 
 /// Computes O (and LSE) for `args` on args.stream, on the device that owns args.q_std.ptr, in
-/// that device's primary context. The first call for a (spec, tile, device) compiles through
-/// NVRTC (logged on stderr) or loads from the disk cache; later calls only launch.
+/// that device's primary context. The tile is chosen by tuner/policy.hpp (pin, RAJIT_TILE, bundle
+/// route, tune cache, on_miss tuning, heuristic). The first call for a (spec, tile, device) loads
+/// the active bundle's cubin if it has one (verified by SHA-256), else compiles through NVRTC
+/// (logged on stderr) or loads from the disk cache; later calls only launch.
 /// Thread-safe. Asynchronous: returns once the kernel is enqueued.
 /// Throws: gen::SpecError (bad spec or pinned tile), ArgumentError (bad tensors), rt::CompileError,
-/// rt::DriverError, rt::NoDriverError.
+/// rt::DriverError, rt::NoDriverError, BundleError (RAJIT_BUNDLE unusable, cubin hash mismatch).
 LaunchRecord forward(const ForwardArgs& args);
 
 }  // namespace rajit::tune

@@ -75,8 +75,15 @@ inline Result run(const std::string& program, const std::vector<std::string>& ar
   return r;
 }
 
+/// The `rajit` binary under test: $RAJIT_CLI_PATH when set (test binaries copied to another
+/// machine, e.g. the GPU runner), else the one this build produced.
+inline std::string cli_path() {
+  const char* env = std::getenv("RAJIT_CLI_PATH");
+  return env != nullptr && *env != '\0' ? std::string(env) : std::string(RAJIT_CLI_PATH);
+}
+
 inline Result rajit(const std::vector<std::string>& args, const std::filesystem::path& cache_dir) {
-  return run(RAJIT_CLI_PATH, args, cache_dir);
+  return run(cli_path(), args, cache_dir);
 }
 
 inline bool contains(const std::string& hay, const std::string& needle) {
