@@ -59,10 +59,11 @@ struct WgmmaFwdConfig {
   // Two CTAs per SM when their registers and shared memory allow it: the two CTAs' softmax and
   // MMA phases then overlap on the SM, which one CTA's lockstep warpgroups cannot do.
   static constexpr int kMinBlocksPerSm = wgmma_fwd_min_blocks(kHeadDim, kBlockN, kWarps, kSharedBytes);
-  // One CTA per SM: its warpgroups take turns on the tensor cores (see wait_turn). With two CTAs
-  // per SM the other CTA already fills the gaps; and the turn-taking costs registers, which made
-  // the head_dim 128 tiles spill (20-60 bytes, nvrtc tier), so they run without it.
-  static constexpr bool kPingPong = kWarpGroups > 1 && kMinBlocksPerSm == 1 && kHeadDim <= 64;
+  // One CTA per SM: the warpgroups synchronise through per-stage mbarriers, so they may drift
+  // up to a tile apart and one's softmax overlaps the other's MMAs. Two CTAs per SM: the other
+  // CTA fills those gaps already, and a plain CTA barrier per tile measured 3.5% faster there
+  // (docs/perf-notes.md, v3d).
+  static constexpr bool kStageBarriers = kMinBlocksPerSm == 1;
 
   static_assert(check_spec(kDStd, kR, kHeadDim) == 0, "invalid RA spec");
   static_assert(check_wgmma_tile(kDStd, kR, kHeadDim, kBlockM, kBlockN, kWarps, kStages,
@@ -111,23 +112,6 @@ struct WgmmaFwdKernel {
   }
   __device__ __forceinline__ u32 released_barrier(int stage) const {
     return dev::smem_addr(smem + C::kBarrierOffset) + 8 * (C::kStages + stage);
-  }
-  // Ping-pong between warpgroups (FlashAttention-3's scheduling idea): warpgroup g issues its
-  // MMAs only after warpgroup g-1 has issued its own, so while one warpgroup's MMAs run on the
-  // tensor cores the previous one is in its softmax. Named barrier 1+g carries the turn to g.
-  // Warpgroup 0 starts without waiting and the last one skips its last hand-over, so every
-  // barrier sees equal arrivals and waits.
-  __device__ __forceinline__ void wait_turn(bool first_issue) const {
-    if constexpr (C::kPingPong) {
-      if (!(group == 0 && first_issue)) dev::named_barrier_sync(1 + group, 256);
-    }
-  }
-  __device__ __forceinline__ void pass_turn(bool last_issue) const {
-    if constexpr (C::kPingPong) {
-      if (!(group == C::kWarpGroups - 1 && last_issue)) {
-        dev::named_barrier_arrive(1 + (group + 1) % C::kWarpGroups, 256);
-      }
-    }
   }
   __device__ __forceinline__ float* stage_bias(int stage) const {
     return reinterpret_cast<float*>(smem + C::kBiasOffset) + stage * C::kBlockN;
@@ -257,7 +241,7 @@ struct WgmmaFwdKernel {
 
     // Stage barriers, then the query tile and the first kStages - 2 key tiles; each iteration
     // then loads one tile ahead (see the loop).
-    if (tid == 0) {
+    if (C::kStageBarriers && tid == 0) {
       for (int s = 0; s < C::kStages; ++s) {
         dev::mbarrier_init(landed_barrier(s), C::kThreads);
         dev::mbarrier_init(released_barrier(s), C::kThreads);
@@ -271,11 +255,11 @@ struct WgmmaFwdKernel {
     for (int s = 0; s < C::kStages - 2; ++s) {
       if (s < n_tiles) {
         load_kv(s, s);
-        dev::cp_async_mbarrier_arrive(landed_barrier(s));
+        if constexpr (C::kStageBarriers) dev::cp_async_mbarrier_arrive(landed_barrier(s));
       }
+      dev::cp_async_commit();
     }
-    dev::cp_async_commit();
-    dev::cp_async_wait<1>();  // the query group is complete
+    dev::cp_async_wait<C::kStages - 2>();  // the query group is complete
     __syncthreads();
     scale_query_by_gates();
     dev::fence_proxy_async_shared();  // gated Q and the zeroed pads -> wgmma's proxy
@@ -296,10 +280,9 @@ struct WgmmaFwdKernel {
     float s[C::kSRegs];           // S of this tile, then its P (fp32)    // (64, kBlockN) per WG
     u32 pa[C::kPvSteps][4];       // P of the previous tile, as k16 A fragments (bf16/fp16)
     for (int tile = 0; tile < n_tiles; ++tile) {
-      // Load one tile ahead into the stage of tile-2, once every thread has released it. No CTA
-      // barrier: a warpgroup may run up to a tile ahead of the other, so one's softmax overlaps
-      // the other's MMAs.
-      {
+      // Load one tile ahead into the stage of tile-2, once every thread is done with it.
+      if constexpr (C::kStageBarriers) {
+        // No CTA barrier: a warpgroup may run up to a tile ahead of the other.
         const int next = tile + C::kStages - 2;
         if (next < n_tiles) {
           const int st = next % C::kStages;
@@ -307,15 +290,21 @@ struct WgmmaFwdKernel {
           load_kv(next, st);
           dev::cp_async_mbarrier_arrive(landed_barrier(st));
         }
+        dev::mbarrier_wait(landed_barrier(tile % C::kStages), (tile / C::kStages) & 1);
+        dev::fence_proxy_async_shared();
+      } else {
+        dev::cp_async_wait<C::kStages - 3>();  // tile `tile` (issued one iteration ahead) landed
+        dev::fence_proxy_async_shared();       // our cp.async writes -> wgmma's proxy
+        __syncthreads();  // every warpgroup landed its part and finished P V of tile-2
+        const int next = tile + C::kStages - 2;
+        if (next < n_tiles) load_kv(next, next % C::kStages);
+        dev::cp_async_commit();
       }
-      dev::mbarrier_wait(landed_barrier(tile % C::kStages), (tile / C::kStages) & 1);
-      dev::fence_proxy_async_shared();
       const int stage = tile % C::kStages;
       const u32 k_smem = dev::smem_addr(stage_base(stage));
       const float* bias_smem = stage_bias(stage);
       const int n0 = tile * C::kBlockN;
 
-      wait_turn(tile == 0);
       dev::wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < C::kQkSteps; ++ks) {
@@ -329,10 +318,8 @@ struct WgmmaFwdKernel {
           dev::wgmma_rs<C::kHeadDim, E>(o_acc, pa[kk], v_descriptor(v_prev, kk), 1);
         }
         dev::wgmma_commit();
-        pass_turn(false);
         dev::wgmma_wait<1>();  // S is ready; P V of tile-1 may still run
       } else {
-        pass_turn(false);
         dev::wgmma_wait<0>();
       }
       dev::fence_registers(s);
@@ -398,7 +385,7 @@ struct WgmmaFwdKernel {
       // before `pa` is overwritten: the in-flight wgmma reads its A fragments asynchronously.
       dev::wgmma_wait<0>();
       dev::fence_registers(o_acc);
-      if (tile > 0) dev::mbarrier_arrive(released_barrier((tile - 1) % C::kStages));
+      if (C::kStageBarriers && tile > 0) dev::mbarrier_arrive(released_barrier((tile - 1) % C::kStages));
       // P(tile) as A fragments: the S accumulators of two n8 tiles are one k16 fragment.
 #pragma unroll
       for (int kk = 0; kk < C::kPvSteps; ++kk) {
@@ -417,14 +404,12 @@ struct WgmmaFwdKernel {
     }
     if (n_tiles > 0) {  // the last tile's P V
       const u32 v_last = dev::smem_addr(stage_base((n_tiles - 1) % C::kStages) + C::kKBytes);
-      wait_turn(false);
       dev::wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < C::kPvSteps; ++kk) {
         dev::wgmma_rs<C::kHeadDim, E>(o_acc, pa[kk], v_descriptor(v_last, kk), 1);
       }
       dev::wgmma_commit();
-      pass_turn(true);
       dev::wgmma_wait<0>();
       dev::fence_registers(o_acc);
     }

@@ -59,14 +59,6 @@ __device__ __forceinline__ void mbarrier_wait(u32 bar, u32 parity) {
       : "memory");
 }
 
-// ---- named barriers: a subset of the CTA's warps meets without stopping the others --------------
-__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-
 // ---- shared-memory matrix descriptors ----------------------------------------------------------
 /// Descriptor of a 128-byte-swizzled operand tile (PTX ISA "matrix descriptor"): start address,
 /// leading and stride byte offsets (all >> 4) and layout type 1 (128B swizzle) in bits 62-63.
