@@ -58,7 +58,8 @@ struct WgmmaFwdConfig {
                 "no room for the stage barriers after the bias vectors");
   // Two CTAs per SM when their registers and shared memory allow it: the two CTAs' softmax and
   // MMA phases then overlap on the SM, which one CTA's lockstep warpgroups cannot do.
-  static constexpr int kMinBlocksPerSm = wgmma_fwd_min_blocks(kHeadDim, kBlockN, kWarps, kSharedBytes);
+  static constexpr int kMinBlocksPerSm = wgmma_fwd_min_blocks(kDStd, kR, kHeadDim, kBlockN, kWarps,
+                                                            kSharedBytes);
   // One CTA per SM: the warpgroups synchronise through per-stage mbarriers, so they may drift
   // up to a tile apart and one's softmax overlaps the other's MMAs. Two CTAs per SM: the other
   // CTA fills those gaps already, and a plain CTA barrier per tile measured 3.5% faster there

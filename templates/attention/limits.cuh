@@ -166,12 +166,14 @@ RAJIT_HOST_DEVICE constexpr int wgmma_fwd_registers(int head_dim, int block_n) {
 }
 
 /// CTAs per SM a wgmma tile asks the compiler to fit (__launch_bounds__): 2 when two CTAs'
-/// registers (at the accumulator estimate) and shared memory fit an sm_90 SM, else 1.
-RAJIT_HOST_DEVICE constexpr int wgmma_fwd_min_blocks(int head_dim, int block_n, int warps,
-                                                     int shared_bytes) {
+/// registers (at the accumulator estimate) and shared memory fit an sm_90 SM, else 1. Channel
+/// widths that need 8-byte copies (d_std or r not a multiple of 8) double the copy loop's
+/// address registers and spilled under the 128-register cap of two CTAs (nvrtc tier), so they get 1.
+RAJIT_HOST_DEVICE constexpr int wgmma_fwd_min_blocks(int d_std, int r, int head_dim, int block_n,
+                                                     int warps, int shared_bytes) {
   const bool regs_fit = 2 * warps * 32 * (wgmma_fwd_registers(head_dim, block_n) +
                                           kWgmmaRegisterOverhead) <= kWgmmaRegisterFile;
-  return regs_fit && 2 * shared_bytes <= 228 * 1024 ? 2 : 1;
+  return regs_fit && copy_elems(d_std, r) == 8 && 2 * shared_bytes <= 228 * 1024 ? 2 : 1;
 }
 
 RAJIT_HOST_DEVICE constexpr unsigned check_wgmma_tile(int d_std, int r, int head_dim, int block_m,
