@@ -75,7 +75,7 @@ std::vector<std::string> validate_backward(const AttentionSpec& s, BackwardKerne
   const bool dq = k == BackwardKernel::kDq;
   if (bad & attn::kBwdBadBlockM) {
     out.push_back(fmt::format("block_m={}: the {} kernel takes {}", t.block_m, to_string(k),
-                              dq ? "64 or 128" : "16, 32 or 64"));
+                              dq ? "64 or 128" : "32 or 64 (16 only where 32 exceeds the register budget)"));
   }
   if (bad & attn::kBwdBadBlockN) {
     out.push_back(fmt::format("block_n={}: the {} kernel takes {}", t.block_n, to_string(k),

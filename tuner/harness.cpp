@@ -346,7 +346,10 @@ GradTensor make_grad(const HostTensor& like) {
 
 GradientError compare(std::string name, const std::vector<double>& got,
                       const std::vector<double>& want, long long unwritten, long long non_finite) {
-  GradientError e{std::move(name), 0, unwritten, non_finite};
+  GradientError e;
+  e.name = std::move(name);
+  e.unwritten = unwritten;
+  e.non_finite = non_finite;
   double num = 0, den = 0;
   for (std::size_t i = 0; i < got.size() && i < want.size(); ++i) {
     if (!std::isfinite(got[i])) continue;
@@ -354,7 +357,40 @@ GradientError compare(std::string name, const std::vector<double>& got,
     den += want[i] * want[i];
   }
   e.rel_err = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  e.plain_rel_err = e.rel_err;
   return e;
+}
+
+// Per-head scalars: the reference magnitude of head h is floored at kFloor * bound[h].
+GradientError compare_scalars(std::string name, const std::vector<double>& got,
+                              const std::vector<double>& want, const std::vector<double>& bound,
+                              long long unwritten, long long non_finite) {
+  constexpr double kFloor = 0.02;
+  GradientError e = compare(std::move(name), got, want, unwritten, non_finite);
+  double num = 0, den = 0;
+  for (std::size_t h = 0; h < got.size(); ++h) {
+    if (!std::isfinite(got[h])) continue;
+    num += (got[h] - want[h]) * (got[h] - want[h]);
+    const double m = std::max(std::abs(want[h]), kFloor * bound[h]);
+    den += m * m;
+  }
+  e.rel_err = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  return e;
+}
+
+// Per head h: sqrt(sum over (b, row, col) of x^2) for a contiguous (B, H, rows, width) array.
+std::vector<double> head_norms(const std::vector<double>& x, long long B, long long H) {
+  std::vector<double> out(static_cast<std::size_t>(H), 0.0);
+  if (x.empty()) return out;
+  const auto per_head = static_cast<long long>(x.size()) / (B * H);
+  for (long long b = 0; b < B; ++b)
+    for (long long h = 0; h < H; ++h)
+      for (long long k = 0; k < per_head; ++k) {
+        const double v = x[static_cast<std::size_t>((b * H + h) * per_head + k)];
+        out[static_cast<std::size_t>(h)] += v * v;
+      }
+  for (auto& v : out) v = std::sqrt(v);
+  return out;
 }
 
 std::vector<double> read_floats(const rt::DeviceBuffer& buf, std::size_t n, long long& unwritten,
@@ -580,7 +616,8 @@ BackwardCheckResult run_backward_check(const CheckOptions& opt, bool determinist
     }
     grad("dv", gv, 0, Dv, want.dv);
     const auto floats = [&](const char* name, const rt::DeviceBuffer& buf, std::size_t offset,
-                            std::size_t n, const std::vector<double>& w) {
+                            std::size_t n, const std::vector<double>& w,
+                            const std::vector<double>* bound) {
       long long unwritten = 0, non_finite = 0;
       auto all = read_floats(buf, offset + n, unwritten, non_finite);
       unwritten = non_finite = 0;  // recount only the slice
@@ -589,14 +626,32 @@ BackwardCheckResult run_backward_check(const CheckOptions& opt, bool determinist
         if (std::isnan(x)) ++unwritten;
         else if (!std::isfinite(x)) ++non_finite;
       }
-      res.gradients.push_back(compare(name, got, w, unwritten, non_finite));
+      res.gradients.push_back(bound ? compare_scalars(name, got, w, *bound, unwritten, non_finite)
+                                    : compare(name, got, w, unwritten, non_finite));
+    };
+    // Cauchy-Schwarz bounds of the per-head scalars: dw_std[h] = sum q_std . dq_std / w_std[h],
+    // dw_rec[h] = sum k_low . dk_low / w_rec[h], dw_disc[h] = sum beta . dbias / w_disc[h].
+    const auto bound_of = [&](const std::vector<double>& x, const std::vector<double>& dx,
+                              long long batches, std::size_t gate_offset) {
+      const auto a = head_norms(x, batches, H), b = head_norms(dx, batches, H);
+      std::vector<double> out(static_cast<std::size_t>(H));
+      for (std::size_t h = 0; h < out.size(); ++h) {
+        const double g = opt.random_gates ? gates[gate_offset + h] : 1.0;
+        out[h] = a[h] * b[h] / g;
+      }
+      return out;
     };
     const auto h_count = static_cast<std::size_t>(H);
-    floats("dw_std", g_w, 0, h_count, want.dw_std);
-    if (R > 0) floats("dw_rec", g_w, h_count, h_count, want.dw_rec);
+    const auto bound_std = bound_of(ref.q_std, want.dq_std, B, 0);
+    floats("dw_std", g_w, 0, h_count, want.dw_std, &bound_std);
+    if (R > 0) {
+      const auto bound_rec = bound_of(ref.k_low, want.dk_low, B, h_count);
+      floats("dw_rec", g_w, h_count, h_count, want.dw_rec, &bound_rec);
+    }
     if (has_bias) {
-      floats("dbias", g_bias, 0, bias.size(), want.dbias);
-      floats("dw_disc", g_w, 2 * h_count, h_count, want.dw_disc);
+      floats("dbias", g_bias, 0, bias.size(), want.dbias, nullptr);
+      const auto bound_disc = bound_of(ref.bias, want.dbias, bias_batch, 2 * h_count);
+      floats("dw_disc", g_w, 2 * h_count, h_count, want.dw_disc, &bound_disc);
     }
     res.checked = true;
     res.passed = true;

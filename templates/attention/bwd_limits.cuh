@@ -80,6 +80,10 @@ RAJIT_HOST_DEVICE constexpr unsigned check_bwd_dkv_tile(int d_std, int r, int he
   if (warps * 16 != block_n) bad |= kBwdBadWarps;
   if (stages != 2) bad |= kBwdBadStages;
   if (bad || check_bwd_spec(d_std, r, head_dim) != 0) return bad;
+  // 16-query blocks only where 32 would not fit the registers (they starve the MMAs otherwise).
+  if (block_m == 16 && bwd_dkv_accumulator_registers(d_std, r, head_dim, 32) <= kBwdRegisterBudget) {
+    return bad | kBwdBadBlockM;
+  }
   if (bwd_dkv_shared_bytes(d_std, r, head_dim, block_m, block_n, stages, atomic_dq) >
       max_shared_bytes) {
     bad |= kBwdBadSharedMemory;
