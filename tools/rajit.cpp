@@ -17,6 +17,7 @@
 #include "runtime/error.hpp"
 #include "runtime/kernel_cache.hpp"
 #include "runtime/nvrtc.hpp"
+#include "generator/backward_source.hpp"
 #include "tuner/bench.hpp"
 #include "tuner/forward.hpp"
 #include "tuner/harness.hpp"
@@ -288,14 +289,23 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
           tiles.push_back(sf.pinned());
         }
         if (bf.backward) {  // forward + backward rows (FLOPs: 3.5 x forward)
-          for (bool det : bf.deterministic ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
-            const auto r = tune::bench_backward(spec, shape, det, opt);
-            const std::string what = det ? "fwd+bwd det" : "fwd+bwd";
-            rows.push_back({spec.key(), what, shape_text, role, r.fwd_bwd_ms, r.fwd_bwd_tflops});
-            std::fprintf(stderr, "%s %s %s: %.3f ms (backward alone %.3f ms) %.1f TFLOP/s\n",
-                         spec.key().c_str(), what.c_str(), shape_text.c_str(), r.fwd_bwd_ms,
-                         r.bwd_ms, r.fwd_bwd_tflops);
+          std::vector<std::optional<gen::TileConfig>> bwd_tiles = {std::nullopt};
+          if (bf.sweep) {  // every valid dK/dV tile (atomic dQ); the dQ kernel keeps its default
+            bwd_tiles.clear();
+            for (const auto& t : gen::valid_backward_tiles(spec, gen::BackwardKernel::kDkvAtomicDq,
+                                                           rt::device_info(0).max_smem_per_block_optin)) {
+              bwd_tiles.push_back(t);
+            }
           }
+          for (const auto& bt : bwd_tiles)
+            for (bool det : bf.deterministic ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+              const auto r = tune::bench_backward(spec, shape, det, opt, bt);
+              const std::string what = fmt::format("fwd+bwd{} {}", det ? " det" : "", r.dkv_tile.key());
+              rows.push_back({spec.key(), what, shape_text, role, r.fwd_bwd_ms, r.fwd_bwd_tflops});
+              std::fprintf(stderr, "%s %s %s: %.3f ms (backward alone %.3f ms) %.1f TFLOP/s\n",
+                           spec.key().c_str(), what.c_str(), shape_text.c_str(), r.fwd_bwd_ms,
+                           r.bwd_ms, r.fwd_bwd_tflops);
+            }
           continue;
         }
         for (const auto& t : tiles) {

@@ -200,9 +200,16 @@ BackwardRecord backward(const BackwardArgs& a) {
   const Dims d = dims_of(a);
 
   const BackwardKernel dkv_kind = a.deterministic ? BackwardKernel::kDkv : BackwardKernel::kDkvAtomicDq;
-  const gen::TileConfig dkv_tile = choose_tile(s, dkv_kind, dev.max_shared);
-  const gen::TileConfig dq_tile = a.deterministic ? choose_tile(s, BackwardKernel::kDq, dev.max_shared)
-                                                  : gen::TileConfig{};
+  const auto pick = [&](BackwardKernel k, const std::optional<gen::TileConfig>& pinned) {
+    if (!pinned) return choose_tile(s, k, dev.max_shared);
+    if (auto problems = gen::validate_backward(s, k, *pinned, dev.max_shared); !problems.empty()) {
+      throw gen::SpecError(std::move(problems));
+    }
+    return *pinned;
+  };
+  const gen::TileConfig dkv_tile = pick(dkv_kind, a.dkv_tile);
+  const gen::TileConfig dq_tile =
+      a.deterministic ? pick(BackwardKernel::kDq, a.dq_tile) : gen::TileConfig{};
   const HotEntry pre = kernel_for(ctx, ordinal, dev.cc, s, BackwardKernel::kAux, {}, "_preprocess");
   const HotEntry dkv = kernel_for(ctx, ordinal, dev.cc, s, dkv_kind, dkv_tile, "");
   HotEntry second;  // dQ kernel (deterministic) or the Gq conversion (atomic)
@@ -270,6 +277,7 @@ BackwardRecord backward(const BackwardArgs& a) {
   p.gq_gated = 1;  // the dK/dV kernel multiplies dS by the gated key tile
 
   BackwardRecord rec;
+  rec.dkv_tile = dkv_tile;
   void* args[] = {&p};
   const auto rows_q = static_cast<unsigned long long>(d.B * d.H * d.Tq);
   const unsigned row_blocks = static_cast<unsigned>((rows_q + 7) / 8);  // one warp per row

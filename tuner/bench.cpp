@@ -121,7 +121,7 @@ BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
 }
 
 BackwardBenchResult bench_backward(const gen::AttentionSpec& s, const Shape& sh, bool deterministic,
-                                   const BenchOptions& opt) {
+                                   const BenchOptions& opt, std::optional<gen::TileConfig> dkv_tile) {
   rt::make_primary_context_current(0);
   const rt::DeviceInfo dev = rt::device_info(0);
   std::mt19937_64 rng(12345);
@@ -161,6 +161,7 @@ BackwardBenchResult bench_backward(const gen::AttentionSpec& s, const Shape& sh,
     a.w_rec = f.w_rec;
     a.w_disc = f.w_disc;
     a.deterministic = deterministic;
+    a.dkv_tile = dkv_tile;
     const auto grad = [&](rt::DeviceBuffer& buf, MutableTensorView& view, long long T, long long W) {
       buf = rt::DeviceBuffer(static_cast<std::size_t>(B * H * T * std::max(W, 1LL)) * 2);
       view.ptr = buf.data();
@@ -202,7 +203,9 @@ BackwardBenchResult bench_backward(const gen::AttentionSpec& s, const Shape& sh,
   for (int i = 0; i < opt.warmup; ++i) {
     auto& set = all[static_cast<std::size_t>(i % sets)];
     forward(set.fwd->args);
-    res.kernels = backward(set.args).kernels;
+    const BackwardRecord rec = backward(set.args);
+    res.kernels = rec.kernels;
+    res.dkv_tile = rec.dkv_tile;
   }
   const auto time_loop = [&](bool with_forward) {
     std::vector<CUevent> events(static_cast<std::size_t>(opt.iters) + 1);

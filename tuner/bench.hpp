@@ -34,6 +34,7 @@ struct BackwardBenchResult {
   double bwd_ms = 0;      ///< median of backward() alone
   double fwd_bwd_tflops = 0;  ///< FlashAttention convention: 3.5 x the forward's FLOPs
   std::vector<std::string> kernels;
+  gen::TileConfig dkv_tile;
   int input_sets = 0;
 };
 
@@ -41,7 +42,8 @@ struct BackwardBenchResult {
 /// heuristic tiles, learnable gates and bias (every gradient requested), inputs rotated as in
 /// bench_forward. Throws: what forward() and backward() throw.
 BackwardBenchResult bench_backward(const gen::AttentionSpec&, const Shape&, bool deterministic,
-                                   const BenchOptions& = {});
+                                   const BenchOptions& = {},
+                                   std::optional<gen::TileConfig> dkv_tile = std::nullopt);
 
 /// Median host time of one forward() call on a warm cache (enqueue only; tiny problem), in
 /// microseconds. Throws: what forward() throws.
