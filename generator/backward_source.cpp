@@ -82,8 +82,8 @@ std::vector<std::string> validate_backward(const AttentionSpec& s, BackwardKerne
                               dq ? "32 or 64" : "64 or 128"));
   }
   if (bad & attn::kBwdBadWarps) {
-    out.push_back(fmt::format("warps={}: the {} kernel needs warps = {} / 16", t.warps,
-                              to_string(k), dq ? "block_m" : "block_n"));
+    out.push_back(fmt::format("warps={}: the {} kernel needs warps = {}", t.warps, to_string(k),
+                              dq ? "block_m / 16" : "block_n / 16, or 8 with block_n 64"));
   }
   if (bad & attn::kBwdBadStages) {
     out.push_back(fmt::format("stages={}: the backward kernels use 2", t.stages));

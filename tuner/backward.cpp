@@ -67,8 +67,9 @@ gen::TileConfig choose_tile(const gen::AttentionSpec& s, BackwardKernel k, int m
   const std::vector<gen::TileConfig> prefs =
       k == BackwardKernel::kDq
           ? std::vector<gen::TileConfig>{{128, 64, 8, 2}, {64, 64, 4, 2}, {64, 32, 4, 2}}
-          : std::vector<gen::TileConfig>{{64, 128, 8, 2}, {64, 64, 4, 2}, {32, 128, 8, 2},
-                                         {32, 64, 4, 2}, {16, 128, 8, 2}, {16, 64, 4, 2}};
+          : std::vector<gen::TileConfig>{{64, 128, 8, 2}, {64, 64, 4, 2}, {64, 64, 8, 2},
+                                         {32, 64, 8, 2}, {32, 128, 8, 2}, {32, 64, 4, 2},
+                                         {16, 128, 8, 2}, {16, 64, 4, 2}};
   for (const auto& t : prefs) {
     if (gen::validate_backward(s, k, t, max_shared).empty()) return t;
   }

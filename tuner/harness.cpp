@@ -555,6 +555,7 @@ BackwardCheckResult run_backward_check(const CheckOptions& opt, bool determinist
     ba.dw_disc = gw + 2 * H;
   }
   ba.deterministic = deterministic;
+  ba.dkv_tile = opt.backward_tile;
   const BackwardRecord rec = backward(ba);
   RAJIT_CU_CHECK(rt::driver().cuCtxSynchronize(), "running the backward of {}", s.key());
 

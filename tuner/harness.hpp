@@ -29,6 +29,7 @@ struct CheckOptions {
   bool random_gates = true;     ///< false: gates are null (all ones)
   double scale = 0;
   std::optional<gen::TileConfig> tile;
+  std::optional<gen::TileConfig> backward_tile;  ///< run_backward_check: pin the dK/dV tile
   std::uint64_t seed = 1;
   bool check = true;     ///< compare with the float64 reference
   int timing_iters = 0;  ///< > 0: also time that many launches (median, CUDA events)

@@ -190,6 +190,14 @@ struct BwdDkvKernel {
                                          p.delta + row_base, m0, p.seqlen_q, tid);
   }
 
+  // Warp roles. Unsplit (warps == block_n / 16): each warp owns 16 key rows and does everything.
+  // Split (warps == block_n / 8): two warps share 16 key rows; the V warp computes S^T and dV, the
+  // K warp S^T, dP^T, dK, the column sums and dS^T. S^T is computed twice (6 MMA products instead
+  // of 5), but each warp holds only half the accumulators, so wide heads get 64-query blocks.
+  static constexpr int kRoleBoth = 0, kRoleV = 1, kRoleK = 2;
+  static constexpr bool kSplit = C::kWarps * 8 == C::kBlockN;
+  static constexpr int kRowWarps = C::kBlockN / 16;
+
   __device__ void run() {
     using namespace bwd_detail;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
@@ -222,8 +230,52 @@ struct BwdDkvKernel {
     scale_by_gates<E, KTile, C::kBlockN, C::kDStd, C::kR, C::kThreads>(smem, w_std, w_rec, tid);
     __syncthreads();
 
+    // Both roles run the same sequence of __syncthreads(), so their loops may be separate code
+    // (and so keep disjoint accumulators live).
+    float dw_part[2] = {0.f, 0.f};  // sum_j k_std_j . dKr_j[:Ds] and q_low_j . dKr_j[Ds:]
+    if constexpr (kSplit) {
+      if (warp < kRowWarps) {
+        main_loop<kRoleV>(m_first, n_iters, w_std, w_rec, dw_part);
+      } else {
+        main_loop<kRoleK>(m_first, n_iters, w_std, w_rec, dw_part);
+      }
+    } else {
+      main_loop<kRoleBoth>(m_first, n_iters, w_std, w_rec, dw_part);
+    }
+    dev::cp_async_wait<0>();
+
+    if (p.dw_partial != nullptr) {  // fixed-order reduction: warp butterfly, then warps in order
+      __shared__ float warp_parts[C::kWarps][2];
+      const float s0 = warp_sum(dw_part[0]), s1 = warp_sum(dw_part[1]);
+      if (lane == 0) {
+        warp_parts[warp][0] = s0;
+        warp_parts[warp][1] = s1;
+      }
+      __syncthreads();
+      if (tid == 0) {
+        float t0 = 0.f, t1 = 0.f;
+        for (int w = 0; w < C::kWarps; ++w) {
+          t0 += warp_parts[w][0];
+          t1 += warp_parts[w][1];
+        }
+        float* out = p.dw_partial + 2 * (static_cast<index_t>(bh) * p.num_n_blocks + n_block);
+        out[0] = t0;
+        out[1] = t1;
+      }
+    }
+  }
+
+  template <int kRole>
+  __device__ __forceinline__ void main_loop(int m_first, int n_iters, float w_std, float w_rec,
+                                            float (&dw_part)[2]) const {
+    using namespace bwd_detail;
+    constexpr bool kDoV = kRole != kRoleK, kDoK = kRole != kRoleV;
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+    const int diag = seqlen_k - seqlen_q;
+    const int row_warp = kSplit ? warp % kRowWarps : warp;
+    const int key_row0 = 16 * row_warp + lane / 4;  // local; the second row is +8
+
     // This thread's two key rows: bias (pre-scaled to base 2) and column-sum accumulators.
-    const int key_row0 = 16 * warp + lane / 4;  // local; the second row is +8
     float bias_row[2] = {0.f, 0.f};
     if constexpr (C::Bias::kHasBias) {
       const float bias_log2 = (p.w_disc ? p.w_disc[h] : 1.f) * kLog2e;
@@ -235,13 +287,13 @@ struct BwdDkvKernel {
       }
     }
     float col_sum[2] = {0.f, 0.f};
-    float dv_acc[kVTiles][4], dk_acc[kKTiles][4];
+    float dv_acc[kDoV ? kVTiles : 1][4], dk_acc[kDoK ? kKTiles : 1][4];
 #pragma unroll
-    for (int t = 0; t < kVTiles; ++t)
+    for (int t = 0; t < (kDoV ? kVTiles : 1); ++t)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dv_acc[t][e] = 0.f;
 #pragma unroll
-    for (int t = 0; t < kKTiles; ++t)
+    for (int t = 0; t < (kDoK ? kKTiles : 1); ++t)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dk_acc[t][e] = 0.f;
 
@@ -262,15 +314,19 @@ struct BwdDkvKernel {
       const float* delta_s = lse_s + C::kBlockM;
 
       // S^T = kg qr^T and dP^T = V dO^T for this warp's 16 key rows.   // (kMTiles, 4) fp32 each
-      float st[kMTiles][4], dpt[kMTiles][4];
+      float st[kMTiles][4], dpt[kDoK ? kMTiles : 1][4];
 #pragma unroll
       for (int t = 0; t < kMTiles; ++t)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) st[t][e] = dpt[t][e] = 0.f;
+        for (int e = 0; e < 4; ++e) st[t][e] = 0.f;
+#pragma unroll
+      for (int t = 0; t < (kDoK ? kMTiles : 1); ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dpt[t][e] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < kQkSteps; ++ks) {
         dev::u32 a[4];
-        dev::ldmatrix_x4(a, k_smem + 2 * KTile::offset(16 * warp + lane % 16, ks * 16 + (lane / 16) * 8));
+        dev::ldmatrix_x4(a, k_smem + 2 * KTile::offset(16 * row_warp + lane % 16, ks * 16 + (lane / 16) * 8));
 #pragma unroll
         for (int nt = 0; nt < kMTiles; nt += 2) {
           dev::u32 bq[4];
@@ -280,17 +336,19 @@ struct BwdDkvKernel {
           E::mma(st[nt + 1], a, bq[2], bq[3]);
         }
       }
+      if constexpr (kDoK) {
 #pragma unroll
-      for (int ks = 0; ks < kDvSteps; ++ks) {
-        dev::u32 a[4];
-        dev::ldmatrix_x4(a, v_smem + 2 * VTile::offset(16 * warp + lane % 16, ks * 16 + (lane / 16) * 8));
+        for (int ks = 0; ks < kDvSteps; ++ks) {
+          dev::u32 a[4];
+          dev::ldmatrix_x4(a, v_smem + 2 * VTile::offset(16 * row_warp + lane % 16, ks * 16 + (lane / 16) * 8));
 #pragma unroll
-        for (int nt = 0; nt < kMTiles; nt += 2) {
-          dev::u32 bo[4];
-          dev::ldmatrix_x4(bo, do_smem + 2 * OTile::offset(nt * 8 + lane % 8 + 8 * (lane / 16),
-                                                           ks * 16 + 8 * ((lane / 8) % 2)));
-          E::mma(dpt[nt], a, bo[0], bo[1]);
-          E::mma(dpt[nt + 1], a, bo[2], bo[3]);
+          for (int nt = 0; nt < kMTiles; nt += 2) {
+            dev::u32 bo[4];
+            dev::ldmatrix_x4(bo, do_smem + 2 * OTile::offset(nt * 8 + lane % 8 + 8 * (lane / 16),
+                                                             ks * 16 + 8 * ((lane / 8) % 2)));
+            E::mma(dpt[nt], a, bo[0], bo[1]);
+            E::mma(dpt[nt + 1], a, bo[2], bo[3]);
+          }
         }
       }
 
@@ -300,7 +358,8 @@ struct BwdDkvKernel {
 #pragma unroll
       for (int nt = 0; nt < kMTiles; ++nt) {
         const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + nt * 8 + 2 * (lane % 4));
-        const float2 del2 = *reinterpret_cast<const float2*>(delta_s + nt * 8 + 2 * (lane % 4));
+        float2 del2 = make_float2(0.f, 0.f);
+        if constexpr (kDoK) del2 = *reinterpret_cast<const float2*>(delta_s + nt * 8 + 2 * (lane % 4));
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
 #pragma unroll
@@ -314,10 +373,12 @@ struct BwdDkvKernel {
               if (!visible) x = neg_inf();
             }
             const float pe = dev::exp2_approx(x);
-            const float ds = pe * (dpt[nt][half * 2 + e] - (e ? del2.y : del2.x));
             st[nt][half * 2 + e] = pe;
-            dpt[nt][half * 2 + e] = ds;
-            col_sum[half] += ds;
+            if constexpr (kDoK) {
+              const float ds = pe * (dpt[nt][half * 2 + e] - (e ? del2.y : del2.x));
+              dpt[nt][half * 2 + e] = ds;
+              col_sum[half] += ds;
+            }
           }
         }
       }
@@ -325,29 +386,34 @@ struct BwdDkvKernel {
       // dV += P^T dO and dKr += dS^T qr: the accumulators of two n8 tiles are one k16 A fragment.
 #pragma unroll
       for (int kk = 0; kk < kMSteps; ++kk) {
-        dev::u32 pa[4], da[4];
-        pa[0] = E::pack(st[2 * kk][0], st[2 * kk][1]);
-        pa[1] = E::pack(st[2 * kk][2], st[2 * kk][3]);
-        pa[2] = E::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-        pa[3] = E::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-        da[0] = E::pack(dpt[2 * kk][0], dpt[2 * kk][1]);
-        da[1] = E::pack(dpt[2 * kk][2], dpt[2 * kk][3]);
-        da[2] = E::pack(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-        da[3] = E::pack(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
         const int brow = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2);
+        if constexpr (kDoV) {
+          dev::u32 pa[4];
+          pa[0] = E::pack(st[2 * kk][0], st[2 * kk][1]);
+          pa[1] = E::pack(st[2 * kk][2], st[2 * kk][3]);
+          pa[2] = E::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+          pa[3] = E::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
 #pragma unroll
-        for (int nd = 0; nd < kVTiles; nd += 2) {
-          dev::u32 bv[4];
-          dev::ldmatrix_x4_trans(bv, do_smem + 2 * OTile::offset(brow, nd * 8 + 8 * (lane / 16)));
-          E::mma(dv_acc[nd], pa, bv[0], bv[1]);
-          E::mma(dv_acc[nd + 1], pa, bv[2], bv[3]);
+          for (int nd = 0; nd < kVTiles; nd += 2) {
+            dev::u32 bv[4];
+            dev::ldmatrix_x4_trans(bv, do_smem + 2 * OTile::offset(brow, nd * 8 + 8 * (lane / 16)));
+            E::mma(dv_acc[nd], pa, bv[0], bv[1]);
+            E::mma(dv_acc[nd + 1], pa, bv[2], bv[3]);
+          }
         }
+        if constexpr (kDoK) {
+          dev::u32 da[4];
+          da[0] = E::pack(dpt[2 * kk][0], dpt[2 * kk][1]);
+          da[1] = E::pack(dpt[2 * kk][2], dpt[2 * kk][3]);
+          da[2] = E::pack(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+          da[3] = E::pack(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
 #pragma unroll
-        for (int nd = 0; nd < kKTiles; nd += 2) {
-          dev::u32 bq[4];
-          dev::ldmatrix_x4_trans(bq, q_smem + 2 * QTile::offset(brow, nd * 8 + 8 * (lane / 16)));
-          E::mma(dk_acc[nd], da, bq[0], bq[1]);
-          E::mma(dk_acc[nd + 1], da, bq[2], bq[3]);
+          for (int nd = 0; nd < kKTiles; nd += 2) {
+            dev::u32 bq[4];
+            dev::ldmatrix_x4_trans(bq, q_smem + 2 * QTile::offset(brow, nd * 8 + 8 * (lane / 16)));
+            E::mma(dk_acc[nd], da, bq[0], bq[1]);
+            E::mma(dk_acc[nd + 1], da, bq[2], bq[3]);
+          }
         }
       }
 
@@ -355,16 +421,19 @@ struct BwdDkvKernel {
         // Stage dS^T, then Gq[m0 + rows] += dS kg: warp w takes query row tile w % kMSteps and
         // every kGroups-th pair of n8 column tiles.
         char* ds_base = smem + kDsOffset;
+        if constexpr (kDoK) {
 #pragma unroll
-        for (int nt = 0; nt < kMTiles; ++nt)
+          for (int nt = 0; nt < kMTiles; ++nt)
 #pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            *reinterpret_cast<dev::u32*>(
-                ds_base + 2 * STile::offset(key_row0 + 8 * half, nt * 8 + 2 * (lane % 4))) =
-                E::pack(dpt[nt][half * 2], dpt[nt][half * 2 + 1]);
-          }
+            for (int half = 0; half < 2; ++half) {
+              *reinterpret_cast<dev::u32*>(
+                  ds_base + 2 * STile::offset(key_row0 + 8 * half, nt * 8 + 2 * (lane % 4))) =
+                  E::pack(dpt[nt][half * 2], dpt[nt][half * 2 + 1]);
+            }
+        }
         __syncthreads();
         constexpr int kGroups = C::kWarps / kMSteps;
+        static_assert(C::kWarps % kMSteps == 0, "every warp takes a whole query row tile");
         const int rt = warp % kMSteps, group = warp / kMSteps;
         const dev::u32 ds_smem = dev::smem_addr(ds_base);
         float* gq = p.gq + static_cast<index_t>(bh) * seqlen_q * C::kDqk;
@@ -395,11 +464,9 @@ struct BwdDkvKernel {
       }
       __syncthreads();  // every warp is done with this stage (and dS^T) before they are refilled
     }
-    dev::cp_async_wait<0>();
 
     // Epilogue: dV, dk_std, dq_low straight from the accumulators; column sums; dw partials.
     const float dk_std_scale = p.scale * w_std, dq_low_scale = p.scale * w_rec;
-    float dw_part[2] = {0.f, 0.f};  // sum_j k_std_j . dKr_j[:Ds] and q_low_j . dKr_j[Ds:]
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int j = n0 + key_row0 + 8 * half;
@@ -407,54 +474,39 @@ struct BwdDkvKernel {
       cs += __shfl_xor_sync(0xffffffffu, cs, 1);
       cs += __shfl_xor_sync(0xffffffffu, cs, 2);
       if (j >= seqlen_k) continue;
-      if constexpr (C::Bias::kHasBias) {
+      if constexpr (C::Bias::kHasBias && kDoK) {
         if (lane % 4 == 0) p.col_sums[static_cast<index_t>(bh) * seqlen_k + j] = cs;
       }
+      if constexpr (kDoV) {
 #pragma unroll
-      for (int nd = 0; nd < kVTiles; ++nd) {
-        const int c = nd * 8 + 2 * (lane % 4);
-        *elem<dev::u32>(p.dv, b, h, j, c) = E::pack(dv_acc[nd][half * 2], dv_acc[nd][half * 2 + 1]);
-      }
-#pragma unroll
-      for (int nd = 0; nd < kKTiles; ++nd) {
-        const int c = nd * 8 + 2 * (lane % 4);
-        const float x0 = dk_acc[nd][half * 2], x1 = dk_acc[nd][half * 2 + 1];
-        if (c < C::kDStd) {
-          *elem<dev::u32>(p.dk_std, b, h, j, c) = E::pack(dk_std_scale * x0, dk_std_scale * x1);
-          if (p.dw_partial != nullptr) {
-            const dev::u32 raw = *reinterpret_cast<const dev::u32*>(
-                static_cast<const dev::u16*>(p.k_std.ptr) + k_std_off + j * p.k_std.row_stride + c);
-            dw_part[0] += x0 * E::lo(raw) + x1 * E::hi(raw);
-          }
-        } else if (c < C::kDqk) {
-          *elem<dev::u32>(p.dq_low, b, h, j, c - C::kDStd) =
-              E::pack(dq_low_scale * x0, dq_low_scale * x1);
-          if (p.dw_partial != nullptr) {
-            const dev::u32 raw = *reinterpret_cast<const dev::u32*>(
-                static_cast<const dev::u16*>(p.q_low.ptr) + q_low_off + j * p.q_low.row_stride +
-                c - C::kDStd);
-            dw_part[1] += x0 * E::lo(raw) + x1 * E::hi(raw);
-          }
+        for (int nd = 0; nd < kVTiles; ++nd) {
+          const int c = nd * 8 + 2 * (lane % 4);
+          *elem<dev::u32>(p.dv, b, h, j, c) = E::pack(dv_acc[nd][half * 2], dv_acc[nd][half * 2 + 1]);
         }
       }
-    }
-    if (p.dw_partial != nullptr) {  // fixed-order reduction: warp butterfly, then warps in order
-      __shared__ float warp_parts[C::kWarps][2];
-      const float s0 = warp_sum(dw_part[0]), s1 = warp_sum(dw_part[1]);
-      if (lane == 0) {
-        warp_parts[warp][0] = s0;
-        warp_parts[warp][1] = s1;
-      }
-      __syncthreads();
-      if (tid == 0) {
-        float t0 = 0.f, t1 = 0.f;
-        for (int w = 0; w < C::kWarps; ++w) {
-          t0 += warp_parts[w][0];
-          t1 += warp_parts[w][1];
+      if constexpr (kDoK) {
+#pragma unroll
+        for (int nd = 0; nd < kKTiles; ++nd) {
+          const int c = nd * 8 + 2 * (lane % 4);
+          const float x0 = dk_acc[nd][half * 2], x1 = dk_acc[nd][half * 2 + 1];
+          if (c < C::kDStd) {
+            *elem<dev::u32>(p.dk_std, b, h, j, c) = E::pack(dk_std_scale * x0, dk_std_scale * x1);
+            if (p.dw_partial != nullptr) {
+              const dev::u32 raw = *reinterpret_cast<const dev::u32*>(
+                  static_cast<const dev::u16*>(p.k_std.ptr) + k_std_off + j * p.k_std.row_stride + c);
+              dw_part[0] += x0 * E::lo(raw) + x1 * E::hi(raw);
+            }
+          } else if (c < C::kDqk) {
+            *elem<dev::u32>(p.dq_low, b, h, j, c - C::kDStd) =
+                E::pack(dq_low_scale * x0, dq_low_scale * x1);
+            if (p.dw_partial != nullptr) {
+              const dev::u32 raw = *reinterpret_cast<const dev::u32*>(
+                  static_cast<const dev::u16*>(p.q_low.ptr) + q_low_off + j * p.q_low.row_stride +
+                  c - C::kDStd);
+              dw_part[1] += x0 * E::lo(raw) + x1 * E::hi(raw);
+            }
+          }
         }
-        float* out = p.dw_partial + 2 * (static_cast<index_t>(bh) * p.num_n_blocks + n_block);
-        out[0] = t0;
-        out[1] = t1;
       }
     }
   }

@@ -2,7 +2,8 @@
 // Kept apart from limits.cuh (the forward's rules) so the two families evolve independently; the
 // spec rules (check_spec) are shared. Two tile families:
 //   dK/dV kernel: one CTA per (b*h, key block of block_n); each warp owns 16 key rows, so
-//                 warps = block_n / 16; block_m query rows stream through `stages` buffers.
+//                 warps = block_n / 16, or two warps share them (warps = 8, block_n = 64: split
+//                 accumulators); block_m query rows stream through `stages` buffers.
 //   dQ kernel (deterministic mode): one CTA per (b*h, query block of block_m); each warp owns 16
 //                 query rows, so warps = block_m / 16; block_n key rows stream.
 #pragma once
@@ -50,9 +51,13 @@ RAJIT_HOST_DEVICE constexpr int bwd_dq_shared_bytes(int d_std, int r, int head_d
 }
 
 /// Accumulator registers per thread (a lower bound; the nvrtc tier proves there are no spills).
+/// Unsplit warps hold dK, dV, S^T and dP^T; split warps (two per 16 key rows) hold either dV and
+/// S^T, or dK, S^T and dP^T.
 RAJIT_HOST_DEVICE constexpr int bwd_dkv_accumulator_registers(int d_std, int r, int head_dim,
-                                                              int block_m) {
-  return padded_contraction(d_std, r) / 2 + head_dim / 2 + block_m;  // dK, dV, S^T and dP^T
+                                                              int block_m, bool split = false) {
+  const int dk = padded_contraction(d_std, r) / 2, dv = head_dim / 2, s = block_m / 2;
+  if (!split) return dk + dv + 2 * s;
+  return dk + 2 * s > dv + s ? dk + 2 * s : dv + s;
 }
 RAJIT_HOST_DEVICE constexpr int bwd_dq_accumulator_registers(int d_std, int r, int block_n) {
   return padded_contraction(d_std, r) / 2 + block_n;  // dQ, S and dP
@@ -64,7 +69,7 @@ inline constexpr int kAuxThreadsHost = 256;  // block size of the small backward
 enum BwdTileRule : unsigned {
   kBwdBadBlockM = 1u << 0,    // dkv: 16, 32 or 64; dq: 64 or 128
   kBwdBadBlockN = 1u << 1,    // dkv: 64 or 128; dq: 32 or 64
-  kBwdBadWarps = 1u << 2,     // dkv: block_n / 16; dq: block_m / 16
+  kBwdBadWarps = 1u << 2,     // dkv: block_n / 16 (or 8 with block_n 64); dq: block_m / 16
   kBwdBadStages = 1u << 3,    // 2 (double-buffered cp.async)
   kBwdBadSharedMemory = 1u << 5,
   kBwdBadRegisters = 1u << 6,
@@ -77,18 +82,22 @@ RAJIT_HOST_DEVICE constexpr unsigned check_bwd_dkv_tile(int d_std, int r, int he
   unsigned bad = 0;
   if (block_m != 16 && block_m != 32 && block_m != 64) bad |= kBwdBadBlockM;
   if (block_n != 64 && block_n != 128) bad |= kBwdBadBlockN;
-  if (warps * 16 != block_n) bad |= kBwdBadWarps;
+  // warps = block_n / 16 (one warp per 16 key rows) or, for block_n 64, 8 (two warps per 16 key
+  // rows with split accumulators: see BwdDkvKernel).
+  const bool split = block_n == 64 && warps == 8;
+  if (warps * 16 != block_n && !split) bad |= kBwdBadWarps;
   if (stages != 2) bad |= kBwdBadStages;
   if (bad || check_bwd_spec(d_std, r, head_dim) != 0) return bad;
   // 16-query blocks only where 32 would not fit the registers (they starve the MMAs otherwise).
-  if (block_m == 16 && bwd_dkv_accumulator_registers(d_std, r, head_dim, 32) <= kBwdRegisterBudget) {
+  if (block_m == 16 &&
+      bwd_dkv_accumulator_registers(d_std, r, head_dim, 32, split) <= kBwdRegisterBudget) {
     return bad | kBwdBadBlockM;
   }
   if (bwd_dkv_shared_bytes(d_std, r, head_dim, block_m, block_n, stages, atomic_dq) >
       max_shared_bytes) {
     bad |= kBwdBadSharedMemory;
   }
-  if (bwd_dkv_accumulator_registers(d_std, r, head_dim, block_m) > kBwdRegisterBudget) {
+  if (bwd_dkv_accumulator_registers(d_std, r, head_dim, block_m, split) > kBwdRegisterBudget) {
     bad |= kBwdBadRegisters;
   }
   return bad;

@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include "generator/backward_source.hpp"
+#include "runtime/driver.hpp"
 #include "tuner/harness.hpp"
 
 namespace {
@@ -99,5 +101,32 @@ TEST_CASE("backward: deterministic mode is bitwise repeatable for the seeds' spe
     check_result(r);
     CHECK(r.repeat_checked);
     CHECK(r.bitwise_repeatable);
+  }
+}
+
+TEST_CASE("backward: every valid dK/dV tile (unsplit and split warps) matches the reference") {
+  const AttentionSpec specs[] = {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16},
+                                 {120, 8, 128, false, BiasKind::kColumn, Dtype::kFp16},
+                                 {24, 4, 32, true, BiasKind::kNone, Dtype::kBf16}};
+  const int max_shared = rajit::rt::device_info(0).max_smem_per_block_optin;
+  for (const auto& spec : specs) {
+    for (bool deterministic : {false, true}) {
+      const auto kind = deterministic ? rajit::gen::BackwardKernel::kDkv
+                                      : rajit::gen::BackwardKernel::kDkvAtomicDq;
+      for (const auto& tile : rajit::gen::valid_backward_tiles(spec, kind, max_shared)) {
+        rajit::tune::CheckOptions opt;
+        opt.spec = spec;
+        opt.shape = {2, 2, 333, 333};
+        opt.layout = Layout::kPaired;
+        opt.backward_tile = tile;
+        opt.seed = 4242;
+        CAPTURE(spec.key());
+        CAPTURE(tile.key());
+        CAPTURE(deterministic);
+        const auto r = rajit::tune::run_backward_check(opt, deterministic);
+        check_result(r);
+        if (deterministic) CHECK(r.bitwise_repeatable);
+      }
+    }
   }
 }
