@@ -62,14 +62,15 @@ void check_grad(std::vector<std::string>& out, const char* name, const MutableTe
   detail::check_view(out, name, t.as_const(), want, 2);  // two-element (4-byte) stores
 }
 
-// The backward's tiles: the first valid entry of a fixed preference list (see docs/perf-notes.md).
+// The backward's tiles: the first valid entry of a fixed preference list, ordered by the H200
+// sweep in docs/perf-notes.md (split-warp tiles measured slower: kept for the sweep, last).
 gen::TileConfig choose_tile(const gen::AttentionSpec& s, BackwardKernel k, int max_shared) {
   const std::vector<gen::TileConfig> prefs =
       k == BackwardKernel::kDq
           ? std::vector<gen::TileConfig>{{128, 64, 8, 2}, {64, 64, 4, 2}, {64, 32, 4, 2}}
-          : std::vector<gen::TileConfig>{{64, 128, 8, 2}, {64, 64, 4, 2}, {64, 64, 8, 2},
-                                         {32, 64, 8, 2}, {32, 128, 8, 2}, {32, 64, 4, 2},
-                                         {16, 128, 8, 2}, {16, 64, 4, 2}};
+          : std::vector<gen::TileConfig>{{64, 128, 8, 2}, {64, 64, 4, 2}, {32, 128, 8, 2},
+                                         {32, 64, 4, 2}, {16, 128, 8, 2}, {16, 64, 4, 2},
+                                         {64, 64, 8, 2}, {32, 64, 8, 2}};
   for (const auto& t : prefs) {
     if (gen::validate_backward(s, k, t, max_shared).empty()) return t;
   }

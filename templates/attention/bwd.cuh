@@ -31,6 +31,17 @@ __device__ __forceinline__ void red_add(float* addr, float v) {
   asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(addr), "f"(v) : "memory");
 }
 
+// addr[0] += a, addr[1] += b (addr 8-byte aligned): one vector reduction on sm_90 (PTX 8.1's
+// red.global.add.v2.f32), which halves the L2 atomic operations of the dQ accumulation.
+__device__ __forceinline__ void red_add2(float* addr, float a, float b) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(addr), "f"(a), "f"(b) : "memory");
+#else
+  red_add(addr, a);
+  red_add(addr + 1, b);
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float x) {  // fixed butterfly: deterministic
   for (int m = 16; m >= 1; m >>= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
   return x;
@@ -456,8 +467,8 @@ struct BwdDkvKernel {
               const int i = m0 + rt * 16 + lane / 4 + 8 * half;
               const int c = np * 16 + 8 * t + 2 * (lane % 4);
               if (i < seqlen_q && c < C::kDqk) {  // kDqk % 4 == 0: c and c + 1 are both valid
-                red_add(gq + static_cast<index_t>(i) * C::kDqk + c, acc[t][half * 2]);
-                red_add(gq + static_cast<index_t>(i) * C::kDqk + c + 1, acc[t][half * 2 + 1]);
+                red_add2(gq + static_cast<index_t>(i) * C::kDqk + c, acc[t][half * 2],
+                         acc[t][half * 2 + 1]);
               }
             }
         }
