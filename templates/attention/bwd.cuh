@@ -840,17 +840,21 @@ __device__ __forceinline__ void bwd_finalize(const BwdParams& p) {
   using namespace bwd_detail;
   const int tid = static_cast<int>(threadIdx.x);
   const int h = static_cast<int>(blockIdx.x);
-  if (tid == 0 && p.dw_partial != nullptr) {
+  if (tid < 32 && p.dw_partial != nullptr) {
+    // Warp 0: lane l sums partials l, l + 32, ... of the (batch, key block) sequence, then a fixed
+    // butterfly: parallel (not a 100-long chain of dependent loads) and still deterministic.
     float s0 = 0.f, s1 = 0.f;
-    for (int b = 0; b < p.batch; ++b) {
-      const float* part = p.dw_partial + 2 * (static_cast<index_t>(b) * p.heads + h) * p.num_n_blocks;
-      for (int n = 0; n < p.num_n_blocks; ++n) {
-        s0 += part[2 * n];
-        s1 += part[2 * n + 1];
-      }
+    const int total = p.batch * p.num_n_blocks;
+    for (int k = tid; k < total; k += 32) {
+      const int b = k / p.num_n_blocks, n = k % p.num_n_blocks;
+      const float* part = p.dw_partial + 2 * ((static_cast<index_t>(b) * p.heads + h) * p.num_n_blocks + n);
+      s0 += part[0];
+      s1 += part[1];
     }
-    if (p.dw_std != nullptr) p.dw_std[h] = p.scale * s0;
-    if (p.dw_rec != nullptr) p.dw_rec[h] = kR > 0 ? p.scale * s1 : 0.f;
+    s0 = warp_sum(s0);
+    s1 = warp_sum(s1);
+    if (tid == 0 && p.dw_std != nullptr) p.dw_std[h] = p.scale * s0;
+    if (tid == 0 && p.dw_rec != nullptr) p.dw_rec[h] = kR > 0 ? p.scale * s1 : 0.f;
   }
   if (p.bias == nullptr) return;
   const float w_disc = p.w_disc ? p.w_disc[h] : 1.f;
