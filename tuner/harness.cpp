@@ -1,4 +1,4 @@
-/// Random inputs -> device -> rajit::forward -> compare with reference_forward, plus event timing.
+/// Random inputs -> device -> rajit::forward (and backward) -> compare with the float64 reference, plus event timing.
 #include "tuner/harness.hpp"
 
 #include <fmt/format.h>
@@ -12,6 +12,7 @@
 
 #include "runtime/device_buffer.hpp"
 #include "runtime/driver.hpp"
+#include "tuner/backward.hpp"
 #include "tuner/forward.hpp"
 #include "tuner/host_numeric.hpp"
 #include "tuner/reference.hpp"
@@ -301,8 +302,6 @@ CheckResult run_forward_check(const CheckOptions& opt) {
 }  // namespace rajit::tune
 
 // ---- backward -----------------------------------------------------------------------------------
-#include "tuner/backward.hpp"  // NOLINT: kept next to the code that uses it
-
 namespace rajit::tune {
 namespace {
 
