@@ -4,7 +4,11 @@ FlexAttention (compiled, causal block mask, score_mod adding the RA bias) and th
 torch.cat folding. Every row is timed in this one run, the same way: CUDA events, warm-up,
 median of many runs, inputs rotated over several sets so the working set exceeds the L2.
 
-usage: python3 bench/peers.py --rajit PATH/TO/rajit [--out results.json] [--quick]
+With --backward it times forward + backward instead (FLOPs: 3.5 x forward, the FlashAttention
+convention): rajit (every RA gradient: gates, bias, all four operands), SDPA flash and cuDNN on
+plain attention of the same width, and FlexAttention with a learnable bias and gates.
+
+usage: python3 bench/peers.py --rajit PATH/TO/rajit [--out results.json] [--quick] [--backward]
 """
 import argparse
 import json
@@ -120,13 +124,70 @@ def peers_for(case, l2_bytes, quick):
     return rows
 
 
-def rajit_rows(rajit, case, quick):
+def peers_fwd_bwd_for(case, l2_bytes, quick):
+    """Forward + backward of the peers; every input that has a gradient in RA requires one."""
+    label, B, H, T, Ds, R, Dv, causal, dtype = case
+    sets = make_sets(B, H, T, Ds, R, Dv, dtype, l2_bytes)
+    scale = 1.0 / math.sqrt(Ds + R)
+    iters = 10 if quick else 30
+    rows = []
+    for s in sets:
+        for k in ("q_std", "k_low", "k_std", "q_low", "v", "bias", "w_std", "w_rec", "w_disc"):
+            s[k].requires_grad_(True)
+        s["do"] = torch.randn(B, H, T, Dv, device="cuda", dtype=dtype)
+        s["q"] = torch.cat([s["q_std"], s["k_low"]], dim=-1).detach().requires_grad_(True)
+        s["k"] = torch.cat([s["k_std"], s["q_low"]], dim=-1).detach().requires_grad_(True)
+
+    def clear(s):
+        for k in ("q_std", "k_low", "k_std", "q_low", "v", "bias", "w_std", "w_rec", "w_disc", "q", "k"):
+            s[k].grad = None
+
+    for name, backend in (("sdpa flash fwd+bwd (plain, r=0)", SDPBackend.FLASH_ATTENTION),
+                          ("sdpa cudnn fwd+bwd (plain, r=0)", SDPBackend.CUDNN_ATTENTION)):
+        try:
+            def run(s, backend=backend):
+                clear(s)
+                with sdpa_kernel(backend):
+                    o = F.scaled_dot_product_attention(s["q"], s["k"], s["v"], is_causal=causal, scale=scale)
+                o.backward(s["do"])
+            rows.append((name, time_ms(run, sets, iters=iters)))
+        except Exception as e:
+            rows.append((name, None, str(e).splitlines()[0][:80]))
+
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        flex = torch.compile(flex_attention, dynamic=False)
+
+        def causal_mod(b, h, q_idx, kv_idx):
+            return q_idx >= kv_idx
+        mask = create_block_mask(causal_mod, None, None, T, T, device="cuda") if causal else None
+
+        def ra_flex(s):
+            clear(s)
+            qf = torch.cat([s["q_std"] * s["w_std"].view(1, H, 1, 1).to(dtype),
+                            s["k_low"] * s["w_rec"].view(1, H, 1, 1).to(dtype)], dim=-1)
+            kf = torch.cat([s["k_std"], s["q_low"]], dim=-1)
+            bias = s["bias"] * s["w_disc"].view(H, 1)  # learnable bias and gate
+
+            def score_mod(score, b, h, q_idx, kv_idx):
+                return score + bias[h, kv_idx]
+            o = flex(qf, kf, s["v"], score_mod=score_mod, block_mask=mask, scale=scale)
+            o.backward(s["do"])
+        rows.append(("RA FlexAttention + learnable bias, gates fwd+bwd", time_ms(ra_flex, sets, iters=iters)))
+    except Exception as e:
+        rows.append(("RA FlexAttention + learnable bias, gates fwd+bwd", None, str(e).splitlines()[0][:80]))
+    return rows
+
+
+def rajit_rows(rajit, case, quick, backward=False):
     label, B, H, T, Ds, R, Dv, causal, dtype = case
     cmd = [rajit, "bench", "--format", "json", "--d-std", str(Ds), "--r", str(R), "--head-dim", str(Dv),
            "--bias", "column", "--dtype", "bf16" if dtype == torch.bfloat16 else "fp16",
            "--shapes", f"{B}x{H}x{T}", "--iters", "20" if quick else "100"]
     if causal:
         cmd.append("--causal")
+    if backward:
+        cmd += ["--backward", "--deterministic"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     rows = []
     for r in json.loads(out.stdout)["rows"]:
@@ -140,15 +201,19 @@ def main():
     ap.add_argument("--rajit", required=True)
     ap.add_argument("--out", default="")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--backward", action="store_true", help="time forward + backward (3.5 x FLOPs)")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
     print(f"device: {props.name}; torch {torch.__version__}")
     results = []
-    for case in CASES:
+    for case in CASES[:2] if args.backward else CASES:  # backward: the two issue-5 targets
         label, B, H, T, Ds, R, Dv, causal, dtype = case
-        f = flops(B, H, T, Ds, R, Dv, causal)
-        rows = rajit_rows(args.rajit, case, args.quick) + peers_for(case, l2, args.quick)
+        f = flops(B, H, T, Ds, R, Dv, causal) * (3.5 if args.backward else 1.0)
+        if args.backward:
+            rows = rajit_rows(args.rajit, case, args.quick, True) + peers_fwd_bwd_for(case, l2, args.quick)
+        else:
+            rows = rajit_rows(args.rajit, case, args.quick) + peers_for(case, l2, args.quick)
         dt = "bf16" if dtype == torch.bfloat16 else "fp16"
         print(f"\n### {label}: (B,H,T)=({B},{H},{T}) d_std={Ds} r={R} head_dim={Dv} "
               f"{'causal' if causal else 'non-causal'} {dt}\n")

@@ -71,7 +71,9 @@ namespace rajit::rt {
   X(cuEventSynchronize, 2000)                                                            \
   X(cuEventElapsedTime, 12080)                                                           \
   X(cuMemGetInfo, 3020)                                                                  \
-  X(cuPointerGetAttribute, 4000)
+  X(cuPointerGetAttribute, 4000)                                                         \
+  X(cuMemAllocAsync, 11020)                                                              \
+  X(cuMemFreeAsync, 11020)
 
 /// A table of driver entry points. The real one is filled by probe_driver(); tests build fakes
 /// (S56) and leave the entries they don't need null.

@@ -19,6 +19,7 @@
 #include "runtime/error.hpp"
 #include "runtime/kernel_cache.hpp"
 #include "runtime/nvrtc.hpp"
+#include "generator/backward_source.hpp"
 #include "tuner/autotune.hpp"
 #include "tuner/bench.hpp"
 #include "tuner/bundle.hpp"
@@ -251,7 +252,7 @@ int cmd_run(const SpecFlags& sf, const RunFlags& rf) {
 
 struct BenchFlags {
   std::vector<std::string> shapes;  // "BxHxT" or "BxHxTqxTk"
-  bool sweep = false, no_baseline = false, dispatch = false;
+  bool sweep = false, no_baseline = false, dispatch = false, backward = false, deterministic = false;
   std::string format = "table";
   int iters = 100, warmup = 10;
 };
@@ -558,6 +559,26 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
         } else {
           tiles.push_back(sf.pinned());
         }
+        if (bf.backward) {  // forward + backward rows (FLOPs: 3.5 x forward)
+          std::vector<std::optional<gen::TileConfig>> bwd_tiles = {std::nullopt};
+          if (bf.sweep) {  // every valid dK/dV tile (atomic dQ); the dQ kernel keeps its default
+            bwd_tiles.clear();
+            for (const auto& t : gen::valid_backward_tiles(spec, gen::BackwardKernel::kDkvAtomicDq,
+                                                           rt::device_info(0).max_smem_per_block_optin)) {
+              bwd_tiles.push_back(t);
+            }
+          }
+          for (const auto& bt : bwd_tiles)
+            for (bool det : bf.deterministic ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+              const auto r = tune::bench_backward(spec, shape, det, opt, bt);
+              const std::string what = fmt::format("fwd+bwd{} {}", det ? " det" : "", r.dkv_tile.key());
+              rows.push_back({spec.key(), what, shape_text, role, r.fwd_bwd_ms, r.fwd_bwd_tflops});
+              std::fprintf(stderr, "%s %s %s: %.3f ms (backward alone %.3f ms) %.1f TFLOP/s\n",
+                           spec.key().c_str(), what.c_str(), shape_text.c_str(), r.fwd_bwd_ms,
+                           r.bwd_ms, r.fwd_bwd_tflops);
+            }
+          continue;
+        }
         for (const auto& t : tiles) {
           const auto r = tune::bench_forward(spec, shape, t, opt);
           rows.push_back({spec.key(), r.tile.key(), shape_text, role, r.median_ms, r.tflops});
@@ -650,6 +671,10 @@ int main(int argc, char** argv) {
   bench->add_flag("--sweep", bf.sweep, "time every valid tile shape");
   bench->add_flag("--no-baseline", bf.no_baseline, "skip the r = 0, no-bias rows");
   bench->add_flag("--dispatch", bf.dispatch, "also measure host dispatch time per call");
+  bench->add_flag("--backward", bf.backward,
+                  "time forward + backward (all gradients; TFLOP/s from 3.5 x forward FLOPs)");
+  bench->add_flag("--deterministic", bf.deterministic,
+                  "with --backward: also time the deterministic backward");
   bench->add_option("--format", bf.format, "table, csv or json")->capture_default_str();
   bench->add_option("--iters", bf.iters, "timed launches per row")->capture_default_str();
   bench->add_option("--warmup", bf.warmup, "untimed launches first")->capture_default_str();

@@ -54,6 +54,11 @@ struct BackwardArgs {
   /// Bitwise-identical gradients run to run (no floating-point atomics); costs some speed.
   bool deterministic = false;
   CUstream stream = nullptr;
+
+  /// Pin the dK/dV kernel's tile (bench sweeps, tuning); default: the built-in preference list.
+  /// Throws gen::SpecError from backward() if it is not valid for the spec and device.
+  std::optional<gen::TileConfig> dkv_tile;
+  std::optional<gen::TileConfig> dq_tile;  ///< likewise for the deterministic dQ kernel
 };
 
 /// Every problem with `args` visible without the GPU; empty when none. Same style as
@@ -65,6 +70,7 @@ std::size_t backward_workspace_bytes(const BackwardArgs& args);
 
 struct BackwardRecord {
   std::vector<std::string> kernels;  ///< entry names, in launch order
+  gen::TileConfig dkv_tile;          ///< the dK/dV kernel's tile
 };
 
 /// Computes every requested gradient on args.stream. Compiles on first use like forward().

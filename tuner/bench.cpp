@@ -10,6 +10,7 @@
 
 #include "runtime/device_buffer.hpp"
 #include "runtime/driver.hpp"
+#include "tuner/backward.hpp"
 #include "tuner/forward.hpp"
 #include "tuner/harness.hpp"
 #include "tuner/host_numeric.hpp"
@@ -165,6 +166,119 @@ BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
                           std::optional<gen::TileConfig> tile, const BenchOptions& opt) {
   ForwardInputs inputs(s, sh, opt.l2_multiple, 0);
   return time_forward(inputs, tile, opt);
+}
+
+BackwardBenchResult bench_backward(const gen::AttentionSpec& s, const Shape& sh, bool deterministic,
+                                   const BenchOptions& opt, std::optional<gen::TileConfig> dkv_tile) {
+  rt::make_primary_context_current(0);
+  const rt::DeviceInfo dev = rt::device_info(0);
+  std::mt19937_64 rng(12345);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<std::uint16_t> noise(1 << 20);
+  for (auto& x : noise) x = to_storage(s.dtype, dist(rng));
+  std::vector<float> fnoise(1 << 16);
+  std::uniform_real_distribution<float> gate(0.5f, 1.5f);
+  for (auto& x : fnoise) x = gate(rng);
+
+  const long long B = sh.batch, H = sh.heads, Tq = sh.seqlen_q, Tk = sh.seqlen_k;
+  // Inputs, dO and every gradient: about twice the forward's working set.
+  const double set_bytes = 4.0 * static_cast<double>(B * H) *
+                           (static_cast<double>(Tq) * (s.d_std + s.r + 2.0 * s.head_dim) +
+                            static_cast<double>(Tk) * (s.d_std + s.r + s.head_dim));
+  const int sets = std::clamp(static_cast<int>(std::ceil(opt.l2_multiple * dev.l2_bytes / set_bytes)), 1, 16);
+  struct BackwardSet {
+    std::unique_ptr<InputSet> fwd;
+    rt::DeviceBuffer d_o, dq_std, dk_low, dk_std, dq_low, dv, d_bias, dw, workspace;
+    BackwardArgs args;
+  };
+  std::vector<BackwardSet> all(static_cast<std::size_t>(sets));
+  for (auto& set : all) {
+    set.fwd = make_set(s, sh, noise, fnoise);
+    const ForwardArgs& f = set.fwd->args;
+    BackwardArgs& a = set.args;
+    a.spec = s;
+    a.q_std = f.q_std;
+    a.k_low = f.k_low;
+    a.k_std = f.k_std;
+    a.q_low = f.q_low;
+    a.v = f.v;
+    a.o = f.o;
+    a.lse = f.lse;
+    a.bias = f.bias;
+    a.w_std = f.w_std;
+    a.w_rec = f.w_rec;
+    a.w_disc = f.w_disc;
+    a.deterministic = deterministic;
+    a.dkv_tile = dkv_tile;
+    const auto grad = [&](rt::DeviceBuffer& buf, MutableTensorView& view, long long T, long long W) {
+      buf = rt::DeviceBuffer(static_cast<std::size_t>(B * H * T * std::max(W, 1LL)) * 2);
+      view.ptr = buf.data();
+      view.shape = {B, H, T, W};
+      view.stride = {H * T * W, T * W, W, 1};
+    };
+    MutableTensorView d_o_view;
+    grad(set.d_o, d_o_view, Tq, s.head_dim);
+    const std::size_t n = static_cast<std::size_t>(B * H * Tq * s.head_dim);
+    for (std::size_t off = 0; off < n; off += noise.size()) {
+      set.d_o.upload(noise.data(), std::min(noise.size(), n - off) * 2, off * 2);
+    }
+    a.d_o = d_o_view.as_const();
+    grad(set.dq_std, a.dq_std, Tq, s.d_std);
+    grad(set.dk_std, a.dk_std, Tk, s.d_std);
+    if (s.r > 0) {
+      grad(set.dk_low, a.dk_low, Tq, s.r);
+      grad(set.dq_low, a.dq_low, Tk, s.r);
+    }
+    grad(set.dv, a.dv, Tk, s.head_dim);
+    set.dw = rt::DeviceBuffer(static_cast<std::size_t>(3 * H) * 4);
+    float* dw = static_cast<float*>(set.dw.data());
+    a.dw_std = dw;
+    a.dw_rec = s.r > 0 ? dw + H : nullptr;
+    if (s.bias == gen::BiasKind::kColumn) {
+      set.d_bias = rt::DeviceBuffer(static_cast<std::size_t>(H * Tk) * 4);
+      a.d_bias = static_cast<float*>(set.d_bias.data());
+      a.d_bias_head_stride = Tk;
+      a.dw_disc = dw + 2 * H;
+    }
+    a.workspace_bytes = backward_workspace_bytes(a);
+    set.workspace = rt::DeviceBuffer(a.workspace_bytes);
+    a.workspace = set.workspace.data();
+  }
+
+  const rt::DriverApi& api = rt::driver();
+  BackwardBenchResult res;
+  res.input_sets = sets;
+  for (int i = 0; i < opt.warmup; ++i) {
+    auto& set = all[static_cast<std::size_t>(i % sets)];
+    forward(set.fwd->args);
+    const BackwardRecord rec = backward(set.args);
+    res.kernels = rec.kernels;
+    res.dkv_tile = rec.dkv_tile;
+  }
+  const auto time_loop = [&](bool with_forward) {
+    std::vector<CUevent> events(static_cast<std::size_t>(opt.iters) + 1);
+    for (auto& e : events) RAJIT_CU_CHECK(api.cuEventCreate(&e, CU_EVENT_DEFAULT), "creating an event");
+    RAJIT_CU_CHECK(api.cuEventRecord(events[0], nullptr), "recording an event");
+    for (int i = 0; i < opt.iters; ++i) {
+      auto& set = all[static_cast<std::size_t>(i % sets)];
+      if (with_forward) forward(set.fwd->args);
+      backward(set.args);
+      RAJIT_CU_CHECK(api.cuEventRecord(events[static_cast<std::size_t>(i) + 1], nullptr),
+                     "recording an event");
+    }
+    RAJIT_CU_CHECK(api.cuEventSynchronize(events.back()), "waiting for the benchmark");
+    std::vector<float> ms(static_cast<std::size_t>(opt.iters));
+    for (std::size_t i = 0; i < ms.size(); ++i) {
+      RAJIT_CU_CHECK(api.cuEventElapsedTime(&ms[i], events[i], events[i + 1]), "reading an event");
+    }
+    for (auto& e : events) api.cuEventDestroy(e);
+    std::sort(ms.begin(), ms.end());
+    return static_cast<double>(ms[ms.size() / 2]);
+  };
+  res.fwd_bwd_ms = time_loop(true);
+  res.bwd_ms = time_loop(false);
+  res.fwd_bwd_tflops = 3.5 * forward_flops(s, sh) / (res.fwd_bwd_ms * 1e-3) / 1e12;
+  return res;
 }
 
 double bench_dispatch_us(int calls) {

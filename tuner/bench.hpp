@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "generator/spec.hpp"
@@ -60,6 +61,22 @@ BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> t
 /// Throws: what forward() throws.
 BenchResult bench_forward(const gen::AttentionSpec&, const Shape&, std::optional<gen::TileConfig>,
                           const BenchOptions& = {});
+
+struct BackwardBenchResult {
+  double fwd_bwd_ms = 0;  ///< median of forward() + backward()
+  double bwd_ms = 0;      ///< median of backward() alone
+  double fwd_bwd_tflops = 0;  ///< FlashAttention convention: 3.5 x the forward's FLOPs
+  std::vector<std::string> kernels;
+  gen::TileConfig dkv_tile;
+  int input_sets = 0;
+};
+
+/// Times forward() + backward() (and backward() alone) for (spec, shape) on device 0 with the
+/// heuristic tiles, learnable gates and bias (every gradient requested), inputs rotated as in
+/// bench_forward. Throws: what forward() and backward() throw.
+BackwardBenchResult bench_backward(const gen::AttentionSpec&, const Shape&, bool deterministic,
+                                   const BenchOptions& = {},
+                                   std::optional<gen::TileConfig> dkv_tile = std::nullopt);
 
 /// Median host time of one forward() call on a warm cache (enqueue only; tiny problem), in
 /// microseconds. Throws: what forward() throws.

@@ -1,4 +1,4 @@
-/// Random inputs -> device -> rajit::forward -> compare with reference_forward, plus event timing.
+/// Random inputs -> device -> rajit::forward (and backward) -> compare with the float64 reference, plus event timing.
 #include "tuner/harness.hpp"
 
 #include <fmt/format.h>
@@ -12,6 +12,7 @@
 
 #include "runtime/device_buffer.hpp"
 #include "runtime/driver.hpp"
+#include "tuner/backward.hpp"
 #include "tuner/forward.hpp"
 #include "tuner/host_numeric.hpp"
 #include "tuner/reference.hpp"
@@ -294,6 +295,427 @@ CheckResult run_forward_check(const CheckOptions& opt) {
     std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
     res.median_ms = ms[ms.size() / 2];
     res.tflops = forward_flops(s, sh) / (res.median_ms * 1e-3) / 1e12;
+  }
+  return res;
+}
+
+}  // namespace rajit::tune
+
+// ---- backward -----------------------------------------------------------------------------------
+namespace rajit::tune {
+namespace {
+
+// A gradient tensor family mirroring an input family's layout (so fused layouts get fused,
+// strided gradient views), poisoned with 0xff bytes.
+struct GradTensor {
+  rt::DeviceBuffer buf;
+  HostTensor shape;  // data unused; shape and strides only
+  MutableTensorView view(long long col0, long long width) const {
+    MutableTensorView v;
+    v.ptr = static_cast<std::uint16_t*>(buf.data()) + col0;
+    v.shape = {shape.B, shape.H, shape.T, width};
+    v.stride = shape.strides();
+    return v;
+  }
+  std::vector<double> read(gen::Dtype dt, long long col0, long long width, long long& unwritten,
+                           long long& non_finite) const {
+    std::vector<std::uint16_t> raw(static_cast<std::size_t>(shape.B * shape.H * shape.T * shape.W));
+    buf.download(raw.data(), raw.size() * 2);
+    std::vector<double> out;
+    out.reserve(static_cast<std::size_t>(shape.B * shape.H * shape.T * width));
+    for (long long b = 0; b < shape.B; ++b)
+      for (long long h = 0; h < shape.H; ++h)
+        for (long long r = 0; r < shape.T; ++r)
+          for (long long c = 0; c < width; ++c) {
+            const std::uint16_t x = raw[shape.index(b, h, r, col0 + c)];
+            if (x == kPoison) ++unwritten;
+            const double v = from_storage(dt, x);
+            if (!std::isfinite(v)) ++non_finite;
+            out.push_back(v);
+          }
+    return out;
+  }
+};
+
+GradTensor make_grad(const HostTensor& like) {
+  GradTensor g{rt::DeviceBuffer(like.data.size() * 2), {{}, like.B, like.H, like.T, like.W, like.heads_inner}};
+  g.buf.fill_bytes(0xff);
+  return g;
+}
+
+GradientError compare(std::string name, const std::vector<double>& got,
+                      const std::vector<double>& want, long long unwritten, long long non_finite) {
+  GradientError e;
+  e.name = std::move(name);
+  e.unwritten = unwritten;
+  e.non_finite = non_finite;
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) continue;
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  e.rel_err = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  e.plain_rel_err = e.rel_err;
+  return e;
+}
+
+// Per-head scalars: the reference magnitude of head h is floored at kFloor * bound[h].
+GradientError compare_scalars(std::string name, const std::vector<double>& got,
+                              const std::vector<double>& want, const std::vector<double>& bound,
+                              long long unwritten, long long non_finite) {
+  constexpr double kFloor = 0.02;
+  GradientError e = compare(std::move(name), got, want, unwritten, non_finite);
+  double num = 0, den = 0;
+  for (std::size_t h = 0; h < got.size(); ++h) {
+    if (!std::isfinite(got[h])) continue;
+    num += (got[h] - want[h]) * (got[h] - want[h]);
+    const double m = std::max(std::abs(want[h]), kFloor * bound[h]);
+    den += m * m;
+  }
+  e.rel_err = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  return e;
+}
+
+// Per head h: sqrt(sum over (b, row, col) of x^2) for a contiguous (B, H, rows, width) array.
+std::vector<double> head_norms(const std::vector<double>& x, long long B, long long H) {
+  std::vector<double> out(static_cast<std::size_t>(H), 0.0);
+  if (x.empty()) return out;
+  const auto per_head = static_cast<long long>(x.size()) / (B * H);
+  for (long long b = 0; b < B; ++b)
+    for (long long h = 0; h < H; ++h)
+      for (long long k = 0; k < per_head; ++k) {
+        const double v = x[static_cast<std::size_t>((b * H + h) * per_head + k)];
+        out[static_cast<std::size_t>(h)] += v * v;
+      }
+  for (auto& v : out) v = std::sqrt(v);
+  return out;
+}
+
+std::vector<double> read_floats(const rt::DeviceBuffer& buf, std::size_t n, long long& unwritten,
+                                long long& non_finite) {
+  std::vector<float> raw(n);
+  buf.download(raw.data(), n * 4);
+  std::vector<double> out(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &raw[i], 4);
+    if (bits == 0xffffffffu) ++unwritten;
+    if (!std::isfinite(raw[i])) ++non_finite;
+    out[i] = raw[i];
+  }
+  return out;
+}
+
+std::vector<unsigned char> bytes_of(const rt::DeviceBuffer& buf) {
+  std::vector<unsigned char> out(buf.size());
+  buf.download(out.data(), out.size());
+  return out;
+}
+
+}  // namespace
+
+BackwardCheckResult run_backward_check(const CheckOptions& opt, bool deterministic) {
+  const gen::AttentionSpec& s = opt.spec;
+  gen::require_valid(s);
+  const Shape& sh = opt.shape;
+  const long long B = sh.batch, H = sh.heads, Tq = sh.seqlen_q, Tk = sh.seqlen_k;
+  const long long Ds = s.d_std, R = s.r, Dv = s.head_dim;
+  if (opt.layout == Layout::kPaired && Tq != Tk) {
+    throw gen::SpecError({"layout=paired: needs seqlen_q == seqlen_k (Q and K share rows)"});
+  }
+  std::mt19937_64 rng(opt.seed);
+  const gen::Dtype dt = s.dtype;
+  const bool inner = opt.layout != Layout::kSeparate;
+  const bool fused = opt.layout == Layout::kPaired || opt.layout == Layout::kFolded;
+  const bool paired = opt.layout == Layout::kPaired;
+
+  HostTensor qa, ka, qlow_t, klow_t;
+  const HostTensor v = make_tensor(rng, dt, B, H, Tk, Dv, inner, 1.0);
+  if (fused) {
+    qa = make_tensor(rng, dt, B, H, Tq, Ds + R, true, 1.0);
+    ka = make_tensor(rng, dt, B, H, Tk, Ds + R, true, 1.0);
+  } else {
+    qa = make_tensor(rng, dt, B, H, Tq, Ds, inner, 1.0);
+    ka = make_tensor(rng, dt, B, H, Tk, Ds, inner, 1.0);
+    klow_t = make_tensor(rng, dt, B, H, Tq, std::max(R, 1LL), inner, 1.0);
+    qlow_t = make_tensor(rng, dt, B, H, Tk, std::max(R, 1LL), inner, 1.0);
+  }
+  const HostTensor d_o = make_tensor(rng, dt, B, H, Tq, Dv, false, 1.0);
+  const long long bias_batch = opt.bias_per_batch ? B : 1;
+  std::vector<float> bias(static_cast<std::size_t>(bias_batch * H * Tk));
+  std::normal_distribution<float> unit(0.f, 1.f);
+  for (auto& x : bias) x = unit(rng);
+  std::vector<float> gates(static_cast<std::size_t>(3 * H));
+  std::uniform_real_distribution<float> gate(0.5f, 1.5f);
+  for (auto& g : gates) g = gate(rng);
+  const bool has_bias = s.bias == gen::BiasKind::kColumn;
+
+  rt::make_primary_context_current(0);
+  const DeviceTensor dv_in = upload(v), dqa = upload(qa), dka = upload(ka), ddo = upload(d_o);
+  std::optional<DeviceTensor> dkl, dql;
+  if (!fused) {
+    dkl.emplace(upload(klow_t));
+    dql.emplace(upload(qlow_t));
+  }
+  rt::DeviceBuffer dbias(bias.size() * 4), dgates(gates.size() * 4);
+  dbias.upload(bias.data(), bias.size() * 4);
+  dgates.upload(gates.data(), gates.size() * 4);
+  rt::DeviceBuffer dout(static_cast<std::size_t>(B * H * Tq * Dv) * 2);
+  rt::DeviceBuffer dlse(static_cast<std::size_t>(B * H * Tq) * 4);
+
+  ForwardArgs fa;
+  fa.spec = s;
+  if (paired) {
+    fa.q_std = dqa.view(0, Ds);
+    fa.k_low = dka.view(Ds, R);
+    fa.k_std = dka.view(0, Ds);
+    fa.q_low = dqa.view(Ds, R);
+  } else if (fused) {
+    fa.q_std = dqa.view(0, Ds);
+    fa.k_low = dqa.view(Ds, R);
+    fa.k_std = dka.view(0, Ds);
+    fa.q_low = dka.view(Ds, R);
+  } else {
+    fa.q_std = dqa.view(0, Ds);
+    fa.k_std = dka.view(0, Ds);
+    fa.k_low = dkl->view(0, R);
+    fa.q_low = dql->view(0, R);
+  }
+  fa.v = dv_in.view(0, Dv);
+  fa.o.ptr = dout.data();
+  fa.o.shape = {B, H, Tq, Dv};
+  fa.o.stride = {H * Tq * Dv, Tq * Dv, Dv, 1};
+  fa.lse = static_cast<float*>(dlse.data());
+  if (has_bias) {
+    fa.bias.ptr = static_cast<const float*>(dbias.data());
+    fa.bias.batch_stride = opt.bias_per_batch ? H * Tk : 0;
+    fa.bias.head_stride = Tk;
+  }
+  if (opt.random_gates) {
+    const float* g = static_cast<const float*>(dgates.data());
+    fa.w_std = g;
+    fa.w_rec = g + H;
+    fa.w_disc = g + 2 * H;
+  }
+  fa.scale = opt.scale;
+  forward(fa);
+
+  // Gradients mirror the operand layout: fused inputs get fused (strided) gradient views.
+  GradTensor gqa = make_grad(qa), gka = make_grad(ka), gv = make_grad(v);
+  std::optional<GradTensor> gkl, gql;
+  if (!fused) {
+    gkl.emplace(make_grad(klow_t));
+    gql.emplace(make_grad(qlow_t));
+  }
+  rt::DeviceBuffer g_bias(bias.size() * 4), g_w(static_cast<std::size_t>(3 * H) * 4);
+  g_bias.fill_bytes(0xff);
+  g_w.fill_bytes(0xff);
+
+  BackwardArgs ba;
+  ba.spec = s;
+  ba.q_std = fa.q_std;
+  ba.k_low = fa.k_low;
+  ba.k_std = fa.k_std;
+  ba.q_low = fa.q_low;
+  ba.v = fa.v;
+  ba.o = fa.o;
+  ba.d_o = ddo.view(0, Dv);
+  ba.lse = fa.lse;
+  ba.bias = fa.bias;
+  ba.w_std = fa.w_std;
+  ba.w_rec = fa.w_rec;
+  ba.w_disc = fa.w_disc;
+  ba.scale = opt.scale;
+  if (paired) {
+    ba.dq_std = gqa.view(0, Ds);
+    ba.dk_low = gka.view(Ds, R);
+    ba.dk_std = gka.view(0, Ds);
+    ba.dq_low = gqa.view(Ds, R);
+  } else if (fused) {
+    ba.dq_std = gqa.view(0, Ds);
+    ba.dk_low = gqa.view(Ds, R);
+    ba.dk_std = gka.view(0, Ds);
+    ba.dq_low = gka.view(Ds, R);
+  } else {
+    ba.dq_std = gqa.view(0, Ds);
+    ba.dk_std = gka.view(0, Ds);
+    ba.dk_low = gkl->view(0, R);
+    ba.dq_low = gql->view(0, R);
+  }
+  ba.dv = gv.view(0, Dv);
+  float* gw = static_cast<float*>(g_w.data());
+  ba.dw_std = gw;
+  ba.dw_rec = R > 0 ? gw + H : nullptr;
+  if (has_bias) {
+    ba.d_bias = static_cast<float*>(g_bias.data());
+    ba.d_bias_batch_stride = opt.bias_per_batch ? H * Tk : 0;
+    ba.d_bias_head_stride = Tk;
+    ba.dw_disc = gw + 2 * H;
+  }
+  ba.deterministic = deterministic;
+  ba.dkv_tile = opt.backward_tile;
+  const BackwardRecord rec = backward(ba);
+  RAJIT_CU_CHECK(rt::driver().cuCtxSynchronize(), "running the backward of {}", s.key());
+
+  BackwardCheckResult res;
+  res.kernels = rec.kernels;
+  if (opt.check) {
+    RefProblem ref;
+    ref.spec = s;
+    ref.batch = static_cast<int>(B);
+    ref.heads = static_cast<int>(H);
+    ref.seqlen_q = static_cast<int>(Tq);
+    ref.seqlen_k = static_cast<int>(Tk);
+    ref.bias_batch = static_cast<int>(bias_batch);
+    ref.scale = opt.scale;
+    if (paired) {
+      ref.q_std = extract(qa, dt, 0, Ds);
+      ref.q_low = extract(qa, dt, Ds, R);
+      ref.k_std = extract(ka, dt, 0, Ds);
+      ref.k_low = extract(ka, dt, Ds, R);
+    } else if (fused) {
+      ref.q_std = extract(qa, dt, 0, Ds);
+      ref.k_low = extract(qa, dt, Ds, R);
+      ref.k_std = extract(ka, dt, 0, Ds);
+      ref.q_low = extract(ka, dt, Ds, R);
+    } else {
+      ref.q_std = extract(qa, dt, 0, Ds);
+      ref.k_std = extract(ka, dt, 0, Ds);
+      ref.k_low = extract(klow_t, dt, 0, R);
+      ref.q_low = extract(qlow_t, dt, 0, R);
+    }
+    ref.v = extract(v, dt, 0, Dv);
+    if (has_bias) ref.bias.assign(bias.begin(), bias.end());
+    if (opt.random_gates) {
+      ref.w_std.assign(gates.begin(), gates.begin() + H);
+      ref.w_rec.assign(gates.begin() + H, gates.begin() + 2 * H);
+      ref.w_disc.assign(gates.begin() + 2 * H, gates.end());
+    }
+    const RefGradients want = reference_backward(ref, extract(d_o, dt, 0, Dv));
+
+    const auto grad = [&](const char* name, const GradTensor& t, long long col0, long long width,
+                          const std::vector<double>& w) {
+      long long unwritten = 0, non_finite = 0;
+      const auto got = t.read(dt, col0, width, unwritten, non_finite);
+      res.gradients.push_back(compare(name, got, w, unwritten, non_finite));
+    };
+    grad("dq_std", gqa, 0, Ds, want.dq_std);
+    grad("dk_std", gka, 0, Ds, want.dk_std);
+    if (R > 0) {
+      if (paired) {
+        grad("dk_low", gka, Ds, R, want.dk_low);
+        grad("dq_low", gqa, Ds, R, want.dq_low);
+      } else if (fused) {
+        grad("dk_low", gqa, Ds, R, want.dk_low);
+        grad("dq_low", gka, Ds, R, want.dq_low);
+      } else {
+        grad("dk_low", *gkl, 0, R, want.dk_low);
+        grad("dq_low", *gql, 0, R, want.dq_low);
+      }
+    }
+    grad("dv", gv, 0, Dv, want.dv);
+    const auto floats = [&](const char* name, const rt::DeviceBuffer& buf, std::size_t offset,
+                            std::size_t n, const std::vector<double>& w,
+                            const std::vector<double>* bound) {
+      long long unwritten = 0, non_finite = 0;
+      auto all = read_floats(buf, offset + n, unwritten, non_finite);
+      unwritten = non_finite = 0;  // recount only the slice
+      std::vector<double> got(all.begin() + static_cast<long>(offset), all.end());
+      for (double x : got) {
+        if (std::isnan(x)) ++unwritten;
+        else if (!std::isfinite(x)) ++non_finite;
+      }
+      res.gradients.push_back(bound ? compare_scalars(name, got, w, *bound, unwritten, non_finite)
+                                    : compare(name, got, w, unwritten, non_finite));
+    };
+    // Cauchy-Schwarz bounds of the per-head scalars: dw_std[h] = sum q_std . dq_std / w_std[h],
+    // dw_rec[h] = sum k_low . dk_low / w_rec[h], dw_disc[h] = sum beta . dbias / w_disc[h].
+    const auto bound_of = [&](const std::vector<double>& x, const std::vector<double>& dx,
+                              long long batches, std::size_t gate_offset) {
+      const auto a = head_norms(x, batches, H), b = head_norms(dx, batches, H);
+      std::vector<double> out(static_cast<std::size_t>(H));
+      for (std::size_t h = 0; h < out.size(); ++h) {
+        const double g = opt.random_gates ? gates[gate_offset + h] : 1.0;
+        out[h] = a[h] * b[h] / g;
+      }
+      return out;
+    };
+    const auto h_count = static_cast<std::size_t>(H);
+    const auto bound_std = bound_of(ref.q_std, want.dq_std, B, 0);
+    floats("dw_std", g_w, 0, h_count, want.dw_std, &bound_std);
+    if (R > 0) {
+      const auto bound_rec = bound_of(ref.k_low, want.dk_low, B, h_count);
+      floats("dw_rec", g_w, h_count, h_count, want.dw_rec, &bound_rec);
+    }
+    if (has_bias) {
+      floats("dbias", g_bias, 0, bias.size(), want.dbias, nullptr);
+      const auto bound_disc = bound_of(ref.bias, want.dbias, bias_batch, 2 * h_count);
+      floats("dw_disc", g_w, 2 * h_count, h_count, want.dw_disc, &bound_disc);
+    }
+    res.checked = true;
+    res.passed = true;
+    for (const auto& g : res.gradients) {
+      res.max_rel_err = std::max(res.max_rel_err, g.rel_err);
+      if (g.unwritten != 0 || g.non_finite != 0 || !(g.rel_err <= res.tolerance)) res.passed = false;
+    }
+  }
+
+  if (deterministic) {  // a second run must reproduce every output bit for bit
+    std::vector<std::vector<unsigned char>> first;
+    const auto snapshot = [&] {
+      std::vector<std::vector<unsigned char>> out;
+      out.push_back(bytes_of(gqa.buf));
+      out.push_back(bytes_of(gka.buf));
+      out.push_back(bytes_of(gv.buf));
+      if (gkl) out.push_back(bytes_of(gkl->buf));
+      if (gql) out.push_back(bytes_of(gql->buf));
+      out.push_back(bytes_of(g_bias));
+      out.push_back(bytes_of(g_w));
+      return out;
+    };
+    first = snapshot();
+    for (auto* b : {&gqa.buf, &gka.buf, &gv.buf}) b->fill_bytes(0xff);
+    if (gkl) gkl->buf.fill_bytes(0xff);
+    if (gql) gql->buf.fill_bytes(0xff);
+    g_bias.fill_bytes(0xff);
+    g_w.fill_bytes(0xff);
+    backward(ba);
+    RAJIT_CU_CHECK(rt::driver().cuCtxSynchronize(), "running the backward of {}", s.key());
+    res.repeat_checked = true;
+    res.bitwise_repeatable = snapshot() == first;
+    if (opt.check) res.passed = res.passed && res.bitwise_repeatable;
+  }
+
+  if (opt.timing_iters > 0) {
+    const rt::DriverApi& api = rt::driver();
+    CUevent start = nullptr, stop = nullptr;
+    RAJIT_CU_CHECK(api.cuEventCreate(&start, CU_EVENT_DEFAULT), "creating an event");
+    RAJIT_CU_CHECK(api.cuEventCreate(&stop, CU_EVENT_DEFAULT), "creating an event");
+    const auto time_it = [&](bool with_forward) {
+      for (int i = 0; i < 3; ++i) {
+        if (with_forward) forward(fa);
+        backward(ba);
+      }
+      std::vector<float> ms;
+      for (int i = 0; i < opt.timing_iters; ++i) {
+        RAJIT_CU_CHECK(api.cuEventRecord(start, nullptr), "recording an event");
+        if (with_forward) forward(fa);
+        backward(ba);
+        RAJIT_CU_CHECK(api.cuEventRecord(stop, nullptr), "recording an event");
+        RAJIT_CU_CHECK(api.cuEventSynchronize(stop), "waiting for an event");
+        float t = 0;
+        RAJIT_CU_CHECK(api.cuEventElapsedTime(&t, start, stop), "reading an event");
+        ms.push_back(t);
+      }
+      std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
+      return static_cast<double>(ms[ms.size() / 2]);
+    };
+    res.fwd_bwd_median_ms = time_it(true);
+    res.bwd_median_ms = time_it(false);
+    api.cuEventDestroy(start);
+    api.cuEventDestroy(stop);
+    res.fwd_bwd_tflops = 3.5 * forward_flops(s, sh) / (res.fwd_bwd_median_ms * 1e-3) / 1e12;
   }
   return res;
 }

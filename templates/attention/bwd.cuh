@@ -1,0 +1,890 @@
+/// The RA backward kernels: dK/dV (+ atomic dQ), deterministic dQ, and the small row/head kernels.
+// FlashAttention-2's backward split, with RA's folded operands formed in shared memory only:
+//   dkv: one CTA per (b*h, key block); the key tile is held *gated*, kg = [w_std k_std | w_rec
+//        q_low], so the streamed query tile qr = [q_std | k_low] needs no per-tile gate pass
+//        (S = scale * qr . kg is the forward's product). Each warp owns 16 key rows and computes
+//        S^T and dP^T with keys as MMA rows, so P^T and dS^T feed dV += P^T dO and
+//        dKr += dS^T qr straight from registers. dk_std = scale * w_std * dKr[:Ds] and
+//        dq_low = scale * w_rec * dKr[Ds:]: the gates are applied once in the epilogue. Column
+//        sums of dS (the bias gradient) and the dw_std / dw_rec partial sums are reduced in
+//        registers in a fixed order, so they are deterministic. With kAtomicDq, dS^T is staged
+//        in shared memory and Gq += dS kg is added into an fp32 workspace with red.global.add.
+//   dq:  deterministic mode: one CTA per (b*h, query block), the forward's structure (gated query
+//        tile resident, key tiles streamed), recomputing S and dP; no atomics anywhere.
+//   aux: Delta = rowsum(dO * O) and LSE * log2(e); the gq -> dq_std/dk_low conversion; per-head
+//        sums for dw_* and the bias gradient.
+#pragma once
+#include "attention/bwd_limits.cuh"
+#include "attention/bwd_params.cuh"
+#include "attention/fwd.cuh"  // mask/bias policies and PaddedTile
+#include "common/ptx.cuh"
+
+namespace rajit::attn {
+
+namespace bwd_detail {
+
+inline constexpr float kLog2e = 1.4426950408889634f;
+__device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
+__device__ __forceinline__ float pos_inf() { return __int_as_float(0x7f800000); }
+
+__device__ __forceinline__ void red_add(float* addr, float v) {
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(addr), "f"(v) : "memory");
+}
+
+// addr[0] += a, addr[1] += b (addr 8-byte aligned): one vector reduction on sm_90 (PTX 8.1's
+// red.global.add.v2.f32), which halves the L2 atomic operations of the dQ accumulation.
+__device__ __forceinline__ void red_add2(float* addr, float a, float b) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(addr), "f"(a), "f"(b) : "memory");
+#else
+  red_add(addr, a);
+  red_add(addr + 1, b);
+#endif
+}
+
+__device__ __forceinline__ float warp_sum(float x) {  // fixed butterfly: deterministic
+  for (int m = 16; m >= 1; m >>= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
+  return x;
+}
+
+// Gathers rows [row0, row0 + kRows) of [a | b] (widths kDStd | kR) into a padded tile; rows
+// past `rows_valid` are zero-filled by cp.async.
+template <class Tile, int kRows, int kDStd, int kR, int kCopyElems, int kThreads>
+__device__ __forceinline__ void load_folded(char* dst, const Operand2d& a, index_t a_off,
+                                            const Operand2d& b, index_t b_off, int row0,
+                                            int rows_valid, int tid) {
+  constexpr int kUnits = (kDStd + kR) / kCopyElems;
+  const dev::u32 base = dev::smem_addr(dst);
+  for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
+    const int row = idx / kUnits;
+    const int col = (idx % kUnits) * kCopyElems;
+    const bool valid = row0 + row < rows_valid;
+    const index_t grow = valid ? row0 + row : 0;
+    const char* src = col < kDStd
+                          ? static_cast<const char*>(a.ptr) + 2 * (a_off + grow * a.row_stride + col)
+                          : static_cast<const char*>(b.ptr) +
+                                2 * (b_off + grow * b.row_stride + col - kDStd);
+    dev::cp_async<kCopyElems * 2>(base + 2 * Tile::offset(row, col), src, valid);
+  }
+}
+
+// Rows [row0, row0 + kRows) of a (rows, kCols) operand, 16-byte copies (kCols % 8 == 0).
+template <class Tile, int kRows, int kCols, int kThreads>
+__device__ __forceinline__ void load_plain(char* dst, const Operand2d& op, index_t off, int row0,
+                                           int rows_valid, int tid) {
+  constexpr int kUnits = kCols / 8;
+  const dev::u32 base = dev::smem_addr(dst);
+  for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
+    const int row = idx / kUnits;
+    const int col = (idx % kUnits) * 8;
+    const bool valid = row0 + row < rows_valid;
+    const index_t grow = valid ? row0 + row : 0;
+    const char* src = static_cast<const char*>(op.ptr) + 2 * (off + grow * op.row_stride + col);
+    dev::cp_async<16>(base + 2 * Tile::offset(row, col), src, valid);
+  }
+}
+
+// kRows fp32 values src[row0 + i] into shared memory; past `valid_rows` zero-filled.
+template <int kRows, int kThreads>
+__device__ __forceinline__ void load_floats(char* dst, const float* src, int row0, int rows_valid,
+                                            int tid) {
+  const dev::u32 base = dev::smem_addr(dst);
+  for (int i = tid; i < kRows; i += kThreads) {
+    const bool valid = row0 + i < rows_valid;
+    dev::cp_async<4>(base + 4 * i, src + (valid ? row0 + i : 0), valid);
+  }
+}
+
+// Zeroes the pad columns [kDqk, kDqkPad) of a folded tile; cp.async never writes them.
+template <class Tile, int kRows, int kDqk, int kDqkPad, int kThreads>
+__device__ __forceinline__ void zero_pad(char* dst, int tid) {
+  constexpr int kPadUnits = (kDqkPad - kDqk) / 4;
+  if constexpr (kPadUnits > 0) {
+    for (int idx = tid; idx < kRows * kPadUnits; idx += kThreads) {
+      const int row = idx / kPadUnits;
+      const int col = kDqk + (idx % kPadUnits) * 4;
+      *reinterpret_cast<uint2*>(dst + 2 * Tile::offset(row, col)) = make_uint2(0u, 0u);
+    }
+  }
+}
+
+// Multiplies a staged folded tile by its gates: columns < kDStd by w_std, the rest by w_rec.
+template <class E, class Tile, int kRows, int kDStd, int kR, int kThreads>
+__device__ __forceinline__ void scale_by_gates(char* dst, float w_std, float w_rec, int tid) {
+  if (w_std == 1.f && (kR == 0 || w_rec == 1.f)) return;  // uniform across the CTA
+  constexpr int kUnits = (kDStd + kR) / 4;
+  for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
+    const int row = idx / kUnits;
+    const int col = (idx % kUnits) * 4;
+    const float w = col < kDStd ? w_std : w_rec;
+    uint2* ptr = reinterpret_cast<uint2*>(dst + 2 * Tile::offset(row, col));
+    uint2 v = *ptr;
+    v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
+    v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
+    *ptr = v;
+  }
+}
+
+// Address of element (row, col) of a gradient view for (b, h), as a T* (u32: two elements).
+template <class T>
+__device__ __forceinline__ T* elem(const OutOperand2d& op, int b, int h, index_t row, int col) {
+  return reinterpret_cast<T*>(static_cast<dev::u16*>(op.ptr) + b * op.batch_stride +
+                              h * op.head_stride + row * op.row_stride + col);
+}
+
+}  // namespace bwd_detail
+
+template <class Element_, int kDStd_, int kR_, int kHeadDim_, int kBlockM_, int kBlockN_,
+          int kWarps_, int kStages_, class Mask_, class Bias_, bool kAtomicDq_>
+struct BwdConfig {
+  using Element = Element_;
+  using Mask = Mask_;
+  using Bias = Bias_;
+  static constexpr int kDStd = kDStd_, kR = kR_, kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_, kBlockN = kBlockN_, kWarps = kWarps_;
+  static constexpr int kStages = kStages_;
+  static constexpr bool kAtomicDq = kAtomicDq_;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kDqk = kDStd + kR;
+  static constexpr int kDqkPad = padded_contraction(kDStd, kR);
+  static constexpr int kCopyElems = copy_elems(kDStd, kR);
+  static_assert(check_bwd_spec(kDStd, kR, kHeadDim) == 0, "invalid RA spec for the backward");
+};
+
+// ---- dK / dV (and atomic dQ) -----------------------------------------------------------------
+template <class C>
+struct BwdDkvKernel {
+  using E = typename C::Element;
+  static_assert(check_bwd_dkv_tile(C::kDStd, C::kR, C::kHeadDim, C::kBlockM, C::kBlockN,
+                                   C::kWarps, C::kStages, C::kAtomicDq, 1 << 30) == 0,
+                "invalid dK/dV tile");
+  using KTile = PaddedTile<C::kBlockN, C::kDqkPad>;   // (kBlockN, kDqkPad) gated keys kg
+  using VTile = PaddedTile<C::kBlockN, C::kHeadDim>;  // (kBlockN, kHeadDim)
+  using QTile = PaddedTile<C::kBlockM, C::kDqkPad>;   // (kBlockM, kDqkPad) raw queries qr
+  using OTile = PaddedTile<C::kBlockM, C::kHeadDim>;  // (kBlockM, kHeadDim) dO
+  using STile = PaddedTile<C::kBlockN, C::kBlockM>;   // (kBlockN, kBlockM) dS^T
+  static constexpr int kStageBytes = QTile::kBytes + OTile::kBytes + C::kBlockM * 8;
+  static constexpr int kStagesOffset = KTile::kBytes + VTile::kBytes;
+  static constexpr int kDsOffset = kStagesOffset + C::kStages * kStageBytes;
+  static constexpr int kSharedBytes = kDsOffset + (C::kAtomicDq ? STile::kBytes : 0);
+  static_assert(kSharedBytes == bwd_dkv_shared_bytes(C::kDStd, C::kR, C::kHeadDim, C::kBlockM,
+                                                     C::kBlockN, C::kStages, C::kAtomicDq),
+                "bwd_limits.cuh and the kernel disagree on the shared-memory layout");
+  static constexpr int kMTiles = C::kBlockM / 8;     // n8 tiles of S^T (query columns)
+  static constexpr int kVTiles = C::kHeadDim / 8;    // n8 tiles of dV
+  static constexpr int kKTiles = C::kDqkPad / 8;     // n8 tiles of dK
+  static constexpr int kQkSteps = C::kDqkPad / 16;
+  static constexpr int kDvSteps = C::kHeadDim / 16;
+  static constexpr int kMSteps = C::kBlockM / 16;
+
+  const BwdParams& p;
+  char* smem;
+  int tid, warp, lane, b, h, bh, n_block, n0;
+  index_t q_std_off, k_low_off, k_std_off, q_low_off, v_off, o_off;
+
+  __device__ __forceinline__ char* stage_base(int stage) const {
+    return smem + kStagesOffset + stage * kStageBytes;
+  }
+
+  __device__ __forceinline__ void load_query_block(int m_block, int stage) const {
+    using namespace bwd_detail;
+    const int m0 = m_block * C::kBlockM;
+    char* base = stage_base(stage);
+    load_folded<QTile, C::kBlockM, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
+        base, p.q_std, q_std_off, p.k_low, k_low_off, m0, p.seqlen_q, tid);
+    load_plain<OTile, C::kBlockM, C::kHeadDim, C::kThreads>(base + QTile::kBytes, p.d_o, o_off, m0,
+                                                            p.seqlen_q, tid);
+    const index_t row_base = static_cast<index_t>(bh) * p.seqlen_q;
+    load_floats<C::kBlockM, C::kThreads>(base + QTile::kBytes + OTile::kBytes,
+                                         p.lse_log2 + row_base, m0, p.seqlen_q, tid);
+    load_floats<C::kBlockM, C::kThreads>(base + QTile::kBytes + OTile::kBytes + 4 * C::kBlockM,
+                                         p.delta + row_base, m0, p.seqlen_q, tid);
+  }
+
+  // Warp roles. Unsplit (warps == block_n / 16): each warp owns 16 key rows and does everything.
+  // Split (warps == block_n / 8): two warps share 16 key rows; the V warp computes S^T and dV, the
+  // K warp S^T, dP^T, dK, the column sums and dS^T. S^T is computed twice (6 MMA products instead
+  // of 5), but each warp holds only half the accumulators, so wide heads get 64-query blocks.
+  static constexpr int kRoleBoth = 0, kRoleV = 1, kRoleK = 2;
+  static constexpr bool kSplit = C::kWarps * 8 == C::kBlockN;
+  static constexpr int kRowWarps = C::kBlockN / 16;
+
+  __device__ void run() {
+    using namespace bwd_detail;
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+    const int diag = seqlen_k - seqlen_q;  // key j visible to query i iff j <= i + diag
+    const int m_blocks = (seqlen_q + C::kBlockM - 1) / C::kBlockM;
+    int m_first = 0;
+    if constexpr (C::Mask::kCausal) {
+      const int first_row = n0 - diag;  // the first query that sees any key of this block
+      m_first = first_row > 0 ? first_row / C::kBlockM : 0;
+      if (m_first > m_blocks) m_first = m_blocks;
+    }
+    const int n_iters = m_blocks - m_first;
+
+    // Resident: the key tile (gated below) and V; then the first query block.
+    load_folded<KTile, C::kBlockN, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
+        smem, p.k_std, k_std_off, p.q_low, q_low_off, n0, seqlen_k, tid);
+    zero_pad<KTile, C::kBlockN, C::kDqk, C::kDqkPad, C::kThreads>(smem, tid);
+    load_plain<VTile, C::kBlockN, C::kHeadDim, C::kThreads>(smem + KTile::kBytes, p.v, v_off, n0,
+                                                            seqlen_k, tid);
+    for (int s = 0; s < C::kStages; ++s) {
+      zero_pad<QTile, C::kBlockM, C::kDqk, C::kDqkPad, C::kThreads>(stage_base(s), tid);
+    }
+    dev::cp_async_commit();
+    if (n_iters > 0) load_query_block(m_first, 0);
+    dev::cp_async_commit();
+    dev::cp_async_wait<1>();  // the key/V group has landed
+    __syncthreads();
+    const float w_std = p.w_std ? p.w_std[h] : 1.f;
+    const float w_rec = p.w_rec ? p.w_rec[h] : 1.f;
+    scale_by_gates<E, KTile, C::kBlockN, C::kDStd, C::kR, C::kThreads>(smem, w_std, w_rec, tid);
+    __syncthreads();
+
+    // Both roles run the same sequence of __syncthreads(), so their loops may be separate code
+    // (and so keep disjoint accumulators live).
+    float dw_part[2] = {0.f, 0.f};  // sum_j k_std_j . dKr_j[:Ds] and q_low_j . dKr_j[Ds:]
+    if constexpr (kSplit) {
+      if (warp < kRowWarps) {
+        main_loop<kRoleV>(m_first, n_iters, w_std, w_rec, dw_part);
+      } else {
+        main_loop<kRoleK>(m_first, n_iters, w_std, w_rec, dw_part);
+      }
+    } else {
+      main_loop<kRoleBoth>(m_first, n_iters, w_std, w_rec, dw_part);
+    }
+    dev::cp_async_wait<0>();
+
+    if (p.dw_partial != nullptr) {  // fixed-order reduction: warp butterfly, then warps in order
+      __shared__ float warp_parts[C::kWarps][2];
+      const float s0 = warp_sum(dw_part[0]), s1 = warp_sum(dw_part[1]);
+      if (lane == 0) {
+        warp_parts[warp][0] = s0;
+        warp_parts[warp][1] = s1;
+      }
+      __syncthreads();
+      if (tid == 0) {
+        float t0 = 0.f, t1 = 0.f;
+        for (int w = 0; w < C::kWarps; ++w) {
+          t0 += warp_parts[w][0];
+          t1 += warp_parts[w][1];
+        }
+        float* out = p.dw_partial + 2 * (static_cast<index_t>(bh) * p.num_n_blocks + n_block);
+        out[0] = t0;
+        out[1] = t1;
+      }
+    }
+  }
+
+  template <int kRole>
+  __device__ __forceinline__ void main_loop(int m_first, int n_iters, float w_std, float w_rec,
+                                            float (&dw_part)[2]) const {
+    using namespace bwd_detail;
+    constexpr bool kDoV = kRole != kRoleK, kDoK = kRole != kRoleV;
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+    const int diag = seqlen_k - seqlen_q;
+    const int row_warp = kSplit ? warp % kRowWarps : warp;
+    const int key_row0 = 16 * row_warp + lane / 4;  // local; the second row is +8
+
+    // This thread's two key rows: bias (pre-scaled to base 2) and column-sum accumulators.
+    float bias_row[2] = {0.f, 0.f};
+    if constexpr (C::Bias::kHasBias) {
+      const float bias_log2 = (p.w_disc ? p.w_disc[h] : 1.f) * kLog2e;
+      const float* bias = p.bias + b * p.bias_batch_stride + h * p.bias_head_stride;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int j = n0 + key_row0 + 8 * half;
+        bias_row[half] = j < seqlen_k ? bias[j] * bias_log2 : 0.f;
+      }
+    }
+    float col_sum[2] = {0.f, 0.f};
+    float dv_acc[kDoV ? kVTiles : 1][4], dk_acc[kDoK ? kKTiles : 1][4];
+#pragma unroll
+    for (int t = 0; t < (kDoV ? kVTiles : 1); ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dv_acc[t][e] = 0.f;
+#pragma unroll
+    for (int t = 0; t < (kDoK ? kKTiles : 1); ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dk_acc[t][e] = 0.f;
+
+    const dev::u32 k_smem = dev::smem_addr(smem);
+    const dev::u32 v_smem = dev::smem_addr(smem + KTile::kBytes);
+
+    for (int it = 0; it < n_iters; ++it) {
+      const int m_block = m_first + it;
+      if (it + 1 < n_iters) load_query_block(m_block + 1, (it + 1) % C::kStages);
+      dev::cp_async_commit();
+      dev::cp_async_wait<1>();
+      __syncthreads();  // this block's query tile, dO, lse and delta have landed
+      const int m0 = m_block * C::kBlockM;
+      char* sbase = stage_base(it % C::kStages);
+      const dev::u32 q_smem = dev::smem_addr(sbase);
+      const dev::u32 do_smem = dev::smem_addr(sbase + QTile::kBytes);
+      const float* lse_s = reinterpret_cast<const float*>(sbase + QTile::kBytes + OTile::kBytes);
+      const float* delta_s = lse_s + C::kBlockM;
+
+      // S^T = kg qr^T and dP^T = V dO^T for this warp's 16 key rows.   // (kMTiles, 4) fp32 each
+      float st[kMTiles][4], dpt[kDoK ? kMTiles : 1][4];
+#pragma unroll
+      for (int t = 0; t < kMTiles; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[t][e] = 0.f;
+#pragma unroll
+      for (int t = 0; t < (kDoK ? kMTiles : 1); ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dpt[t][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < kQkSteps; ++ks) {
+        dev::u32 a[4];
+        dev::ldmatrix_x4(a, k_smem + 2 * KTile::offset(16 * row_warp + lane % 16, ks * 16 + (lane / 16) * 8));
+#pragma unroll
+        for (int nt = 0; nt < kMTiles; nt += 2) {
+          dev::u32 bq[4];
+          dev::ldmatrix_x4(bq, q_smem + 2 * QTile::offset(nt * 8 + lane % 8 + 8 * (lane / 16),
+                                                          ks * 16 + 8 * ((lane / 8) % 2)));
+          E::mma(st[nt], a, bq[0], bq[1]);
+          E::mma(st[nt + 1], a, bq[2], bq[3]);
+        }
+      }
+      if constexpr (kDoK) {
+#pragma unroll
+        for (int ks = 0; ks < kDvSteps; ++ks) {
+          dev::u32 a[4];
+          dev::ldmatrix_x4(a, v_smem + 2 * VTile::offset(16 * row_warp + lane % 16, ks * 16 + (lane / 16) * 8));
+#pragma unroll
+          for (int nt = 0; nt < kMTiles; nt += 2) {
+            dev::u32 bo[4];
+            dev::ldmatrix_x4(bo, do_smem + 2 * OTile::offset(nt * 8 + lane % 8 + 8 * (lane / 16),
+                                                             ks * 16 + 8 * ((lane / 8) % 2)));
+            E::mma(dpt[nt], a, bo[0], bo[1]);
+            E::mma(dpt[nt + 1], a, bo[2], bo[3]);
+          }
+        }
+      }
+
+      // P^T = exp2(S^T scale log2e + bias - LSE log2e); dS^T = P^T (dP^T - Delta).
+      bool needs_mask = m0 + C::kBlockM > seqlen_q || n0 + C::kBlockN > seqlen_k;
+      if constexpr (C::Mask::kCausal) needs_mask = needs_mask || n0 + C::kBlockN - 1 > m0 + diag;
+#pragma unroll
+      for (int nt = 0; nt < kMTiles; ++nt) {
+        const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + nt * 8 + 2 * (lane % 4));
+        float2 del2 = make_float2(0.f, 0.f);
+        if constexpr (kDoK) del2 = *reinterpret_cast<const float2*>(delta_s + nt * 8 + 2 * (lane % 4));
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float x = fmaf(st[nt][half * 2 + e], p.scale_log2, bias_row[half]) - (e ? lse2.y : lse2.x);
+            if (needs_mask) {
+              const int j = n0 + key_row0 + 8 * half;
+              const int i = m0 + nt * 8 + 2 * (lane % 4) + e;
+              const bool visible =
+                  j < seqlen_k && i < seqlen_q && (!C::Mask::kCausal || j <= i + diag);
+              if (!visible) x = neg_inf();
+            }
+            const float pe = dev::exp2_approx(x);
+            st[nt][half * 2 + e] = pe;
+            if constexpr (kDoK) {
+              const float ds = pe * (dpt[nt][half * 2 + e] - (e ? del2.y : del2.x));
+              dpt[nt][half * 2 + e] = ds;
+              col_sum[half] += ds;
+            }
+          }
+        }
+      }
+
+      // dV += P^T dO and dKr += dS^T qr: the accumulators of two n8 tiles are one k16 A fragment.
+#pragma unroll
+      for (int kk = 0; kk < kMSteps; ++kk) {
+        const int brow = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2);
+        if constexpr (kDoV) {
+          dev::u32 pa[4];
+          pa[0] = E::pack(st[2 * kk][0], st[2 * kk][1]);
+          pa[1] = E::pack(st[2 * kk][2], st[2 * kk][3]);
+          pa[2] = E::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+          pa[3] = E::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+#pragma unroll
+          for (int nd = 0; nd < kVTiles; nd += 2) {
+            dev::u32 bv[4];
+            dev::ldmatrix_x4_trans(bv, do_smem + 2 * OTile::offset(brow, nd * 8 + 8 * (lane / 16)));
+            E::mma(dv_acc[nd], pa, bv[0], bv[1]);
+            E::mma(dv_acc[nd + 1], pa, bv[2], bv[3]);
+          }
+        }
+        if constexpr (kDoK) {
+          dev::u32 da[4];
+          da[0] = E::pack(dpt[2 * kk][0], dpt[2 * kk][1]);
+          da[1] = E::pack(dpt[2 * kk][2], dpt[2 * kk][3]);
+          da[2] = E::pack(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+          da[3] = E::pack(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+#pragma unroll
+          for (int nd = 0; nd < kKTiles; nd += 2) {
+            dev::u32 bq[4];
+            dev::ldmatrix_x4_trans(bq, q_smem + 2 * QTile::offset(brow, nd * 8 + 8 * (lane / 16)));
+            E::mma(dk_acc[nd], da, bq[0], bq[1]);
+            E::mma(dk_acc[nd + 1], da, bq[2], bq[3]);
+          }
+        }
+      }
+
+      if constexpr (C::kAtomicDq) {
+        // Stage dS^T, then Gq[m0 + rows] += dS kg: warp w takes query row tile w % kMSteps and
+        // every kGroups-th pair of n8 column tiles.
+        char* ds_base = smem + kDsOffset;
+        if constexpr (kDoK) {
+#pragma unroll
+          for (int nt = 0; nt < kMTiles; ++nt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              *reinterpret_cast<dev::u32*>(
+                  ds_base + 2 * STile::offset(key_row0 + 8 * half, nt * 8 + 2 * (lane % 4))) =
+                  E::pack(dpt[nt][half * 2], dpt[nt][half * 2 + 1]);
+            }
+        }
+        __syncthreads();
+        constexpr int kGroups = C::kWarps / kMSteps;
+        static_assert(C::kWarps % kMSteps == 0, "every warp takes a whole query row tile");
+        const int rt = warp % kMSteps, group = warp / kMSteps;
+        const dev::u32 ds_smem = dev::smem_addr(ds_base);
+        float* gq = p.gq + static_cast<index_t>(bh) * seqlen_q * C::kDqk;
+        for (int np = group; np < C::kDqkPad / 16; np += kGroups) {
+          float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+          for (int ks = 0; ks < C::kBlockN / 16; ++ks) {
+            dev::u32 a[4], bk[4];
+            dev::ldmatrix_x4_trans(a, ds_smem + 2 * STile::offset(ks * 16 + lane % 8 + 8 * (lane / 16),
+                                                                  rt * 16 + 8 * ((lane / 8) % 2)));
+            dev::ldmatrix_x4_trans(bk, k_smem + 2 * KTile::offset(ks * 16 + lane % 8 + 8 * ((lane / 8) % 2),
+                                                                  np * 16 + 8 * (lane / 16)));
+            E::mma(acc[0], a, bk[0], bk[1]);
+            E::mma(acc[1], a, bk[2], bk[3]);
+          }
+#pragma unroll
+          for (int t = 0; t < 2; ++t)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const int i = m0 + rt * 16 + lane / 4 + 8 * half;
+              const int c = np * 16 + 8 * t + 2 * (lane % 4);
+              if (i < seqlen_q && c < C::kDqk) {  // kDqk % 4 == 0: c and c + 1 are both valid
+                red_add2(gq + static_cast<index_t>(i) * C::kDqk + c, acc[t][half * 2],
+                         acc[t][half * 2 + 1]);
+              }
+            }
+        }
+      }
+      __syncthreads();  // every warp is done with this stage (and dS^T) before they are refilled
+    }
+
+    // Epilogue: dV, dk_std, dq_low straight from the accumulators; column sums; dw partials.
+    const float dk_std_scale = p.scale * w_std, dq_low_scale = p.scale * w_rec;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int j = n0 + key_row0 + 8 * half;
+      float cs = col_sum[half];
+      cs += __shfl_xor_sync(0xffffffffu, cs, 1);
+      cs += __shfl_xor_sync(0xffffffffu, cs, 2);
+      if (j >= seqlen_k) continue;
+      if constexpr (C::Bias::kHasBias && kDoK) {
+        if (lane % 4 == 0) p.col_sums[static_cast<index_t>(bh) * seqlen_k + j] = cs;
+      }
+      if constexpr (kDoV) {
+#pragma unroll
+        for (int nd = 0; nd < kVTiles; ++nd) {
+          const int c = nd * 8 + 2 * (lane % 4);
+          *elem<dev::u32>(p.dv, b, h, j, c) = E::pack(dv_acc[nd][half * 2], dv_acc[nd][half * 2 + 1]);
+        }
+      }
+      if constexpr (kDoK) {
+#pragma unroll
+        for (int nd = 0; nd < kKTiles; ++nd) {
+          const int c = nd * 8 + 2 * (lane % 4);
+          const float x0 = dk_acc[nd][half * 2], x1 = dk_acc[nd][half * 2 + 1];
+          if (c < C::kDStd) {
+            *elem<dev::u32>(p.dk_std, b, h, j, c) = E::pack(dk_std_scale * x0, dk_std_scale * x1);
+            if (p.dw_partial != nullptr) {
+              const dev::u32 raw = *reinterpret_cast<const dev::u32*>(
+                  static_cast<const dev::u16*>(p.k_std.ptr) + k_std_off + j * p.k_std.row_stride + c);
+              dw_part[0] += x0 * E::lo(raw) + x1 * E::hi(raw);
+            }
+          } else if (c < C::kDqk) {
+            *elem<dev::u32>(p.dq_low, b, h, j, c - C::kDStd) =
+                E::pack(dq_low_scale * x0, dq_low_scale * x1);
+            if (p.dw_partial != nullptr) {
+              const dev::u32 raw = *reinterpret_cast<const dev::u32*>(
+                  static_cast<const dev::u16*>(p.q_low.ptr) + q_low_off + j * p.q_low.row_stride +
+                  c - C::kDStd);
+              dw_part[1] += x0 * E::lo(raw) + x1 * E::hi(raw);
+            }
+          }
+        }
+      }
+    }
+  }
+};
+
+/// dK/dV kernel body; grid (batch * heads, key blocks). Key block 0 sees the most queries under a
+/// causal mask, so the heavy CTAs are scheduled first.
+template <class Config>
+__device__ __forceinline__ void bwd_dkv(const BwdParams& p) {
+  extern __shared__ __align__(128) char smem[];
+  BwdDkvKernel<Config> k{p, smem};
+  k.tid = static_cast<int>(threadIdx.x);
+  k.warp = k.tid / 32;
+  k.lane = k.tid % 32;
+  k.bh = static_cast<int>(blockIdx.x);
+  k.b = k.bh / p.heads;
+  k.h = k.bh % p.heads;
+  k.n_block = static_cast<int>(blockIdx.y);
+  k.n0 = k.n_block * Config::kBlockN;
+  k.q_std_off = k.b * p.q_std.batch_stride + k.h * p.q_std.head_stride;
+  k.k_low_off = k.b * p.k_low.batch_stride + k.h * p.k_low.head_stride;
+  k.k_std_off = k.b * p.k_std.batch_stride + k.h * p.k_std.head_stride;
+  k.q_low_off = k.b * p.q_low.batch_stride + k.h * p.q_low.head_stride;
+  k.v_off = k.b * p.v.batch_stride + k.h * p.v.head_stride;
+  k.o_off = k.b * p.d_o.batch_stride + k.h * p.d_o.head_stride;
+  k.run();
+}
+
+// ---- deterministic dQ ------------------------------------------------------------------------
+template <class C>
+struct BwdDqKernel {
+  using E = typename C::Element;
+  static_assert(check_bwd_dq_tile(C::kDStd, C::kR, C::kHeadDim, C::kBlockM, C::kBlockN, C::kWarps,
+                                  C::kStages, 1 << 30) == 0,
+                "invalid dQ tile");
+  using QTile = PaddedTile<C::kBlockM, C::kDqkPad>;   // (kBlockM, kDqkPad) gated queries qf
+  using OTile = PaddedTile<C::kBlockM, C::kHeadDim>;  // (kBlockM, kHeadDim) dO
+  using KTile = PaddedTile<C::kBlockN, C::kDqkPad>;   // (kBlockN, kDqkPad) raw keys kf
+  using VTile = PaddedTile<C::kBlockN, C::kHeadDim>;  // (kBlockN, kHeadDim)
+  static constexpr int kStagesOffset = QTile::kBytes + OTile::kBytes;
+  static constexpr int kStageBytes = KTile::kBytes + VTile::kBytes + C::kBlockN * 4;
+  static_assert(kStagesOffset + C::kStages * kStageBytes ==
+                    bwd_dq_shared_bytes(C::kDStd, C::kR, C::kHeadDim, C::kBlockM, C::kBlockN,
+                                        C::kStages),
+                "bwd_limits.cuh and the kernel disagree on the shared-memory layout");
+  static constexpr int kNTiles = C::kBlockN / 8;
+  static constexpr int kGTiles = C::kDqkPad / 8;
+  static constexpr int kQkSteps = C::kDqkPad / 16;
+  static constexpr int kDvSteps = C::kHeadDim / 16;
+
+  const BwdParams& p;
+  char* smem;
+  int tid, warp, lane, b, h, bh, m0;
+  index_t q_std_off, k_low_off, k_std_off, q_low_off, v_off, o_off;
+
+  __device__ __forceinline__ char* stage_base(int stage) const {
+    return smem + kStagesOffset + stage * kStageBytes;
+  }
+
+  __device__ __forceinline__ void load_key_block(int tile, int stage) const {
+    using namespace bwd_detail;
+    const int n0 = tile * C::kBlockN;
+    char* base = stage_base(stage);
+    load_folded<KTile, C::kBlockN, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
+        base, p.k_std, k_std_off, p.q_low, q_low_off, n0, p.seqlen_k, tid);
+    load_plain<VTile, C::kBlockN, C::kHeadDim, C::kThreads>(base + KTile::kBytes, p.v, v_off, n0,
+                                                            p.seqlen_k, tid);
+    if constexpr (C::Bias::kHasBias) {
+      load_floats<C::kBlockN, C::kThreads>(base + KTile::kBytes + VTile::kBytes,
+                                           p.bias + b * p.bias_batch_stride + h * p.bias_head_stride,
+                                           n0, p.seqlen_k, tid);
+    }
+  }
+
+  __device__ void run() {
+    using namespace bwd_detail;
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+    const int diag = seqlen_k - seqlen_q;
+    int n_end = seqlen_k;
+    if constexpr (C::Mask::kCausal) {
+      const int last_visible = m0 + C::kBlockM - 1 + diag;
+      n_end = last_visible + 1 < seqlen_k ? last_visible + 1 : seqlen_k;
+    }
+    const int n_tiles = n_end > 0 ? (n_end + C::kBlockN - 1) / C::kBlockN : 0;
+
+    load_folded<QTile, C::kBlockM, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
+        smem, p.q_std, q_std_off, p.k_low, k_low_off, m0, seqlen_q, tid);
+    zero_pad<QTile, C::kBlockM, C::kDqk, C::kDqkPad, C::kThreads>(smem, tid);
+    load_plain<OTile, C::kBlockM, C::kHeadDim, C::kThreads>(smem + QTile::kBytes, p.d_o, o_off, m0,
+                                                            seqlen_q, tid);
+    for (int s = 0; s < C::kStages; ++s) {
+      zero_pad<KTile, C::kBlockN, C::kDqk, C::kDqkPad, C::kThreads>(stage_base(s), tid);
+    }
+    dev::cp_async_commit();
+    if (n_tiles > 0) load_key_block(0, 0);
+    dev::cp_async_commit();
+    dev::cp_async_wait<1>();
+    __syncthreads();
+    const float w_std = p.w_std ? p.w_std[h] : 1.f;
+    const float w_rec = p.w_rec ? p.w_rec[h] : 1.f;
+    scale_by_gates<E, QTile, C::kBlockM, C::kDStd, C::kR, C::kThreads>(smem, w_std, w_rec, tid);
+    __syncthreads();
+
+    const int local_row0 = 16 * warp + lane / 4;
+    float lse_row[2], delta_row[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int i = m0 + local_row0 + 8 * half;
+      const index_t idx = static_cast<index_t>(bh) * seqlen_q + i;
+      lse_row[half] = i < seqlen_q ? p.lse_log2[idx] : pos_inf();
+      delta_row[half] = i < seqlen_q ? p.delta[idx] : 0.f;
+    }
+    const float bias_log2 = C::Bias::kHasBias ? (p.w_disc ? p.w_disc[h] : 1.f) * kLog2e : 0.f;
+    float gq[kGTiles][4];
+#pragma unroll
+    for (int t = 0; t < kGTiles; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) gq[t][e] = 0.f;
+    const dev::u32 q_smem = dev::smem_addr(smem);
+    const dev::u32 do_smem = dev::smem_addr(smem + QTile::kBytes);
+
+    for (int tile = 0; tile < n_tiles; ++tile) {
+      if (tile + 1 < n_tiles) load_key_block(tile + 1, (tile + 1) % C::kStages);
+      dev::cp_async_commit();
+      dev::cp_async_wait<1>();
+      __syncthreads();
+      const int n0 = tile * C::kBlockN;
+      char* sbase = stage_base(tile % C::kStages);
+      const dev::u32 k_smem = dev::smem_addr(sbase);
+      const dev::u32 v_smem = dev::smem_addr(sbase + KTile::kBytes);
+      const float* bias_s = reinterpret_cast<const float*>(sbase + KTile::kBytes + VTile::kBytes);
+
+      float s[kNTiles][4], dp[kNTiles][4];                            // (kNTiles, 4) fp32 each
+#pragma unroll
+      for (int t = 0; t < kNTiles; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[t][e] = dp[t][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < kQkSteps; ++ks) {
+        dev::u32 a[4];
+        dev::ldmatrix_x4(a, q_smem + 2 * QTile::offset(16 * warp + lane % 16, ks * 16 + (lane / 16) * 8));
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; nt += 2) {
+          dev::u32 bk[4];
+          dev::ldmatrix_x4(bk, k_smem + 2 * KTile::offset(nt * 8 + lane % 8 + 8 * (lane / 16),
+                                                          ks * 16 + 8 * ((lane / 8) % 2)));
+          E::mma(s[nt], a, bk[0], bk[1]);
+          E::mma(s[nt + 1], a, bk[2], bk[3]);
+        }
+      }
+#pragma unroll
+      for (int ks = 0; ks < kDvSteps; ++ks) {
+        dev::u32 a[4];
+        dev::ldmatrix_x4(a, do_smem + 2 * OTile::offset(16 * warp + lane % 16, ks * 16 + (lane / 16) * 8));
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; nt += 2) {
+          dev::u32 bv[4];
+          dev::ldmatrix_x4(bv, v_smem + 2 * VTile::offset(nt * 8 + lane % 8 + 8 * (lane / 16),
+                                                          ks * 16 + 8 * ((lane / 8) % 2)));
+          E::mma(dp[nt], a, bv[0], bv[1]);
+          E::mma(dp[nt + 1], a, bv[2], bv[3]);
+        }
+      }
+
+      bool needs_mask = m0 + C::kBlockM > seqlen_q || n0 + C::kBlockN > seqlen_k;
+      if constexpr (C::Mask::kCausal) needs_mask = needs_mask || n0 + C::kBlockN - 1 > m0 + diag;
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+        float2 bias2 = make_float2(0.f, 0.f);
+        if constexpr (C::Bias::kHasBias) {
+          bias2 = *reinterpret_cast<const float2*>(bias_s + nt * 8 + 2 * (lane % 4));
+        }
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float x = fmaf(s[nt][half * 2 + e], p.scale_log2, (e ? bias2.y : bias2.x) * bias_log2) -
+                      lse_row[half];
+            if (needs_mask) {
+              const int i = m0 + local_row0 + 8 * half;
+              const int j = n0 + nt * 8 + 2 * (lane % 4) + e;
+              const bool visible =
+                  j < seqlen_k && i < seqlen_q && (!C::Mask::kCausal || j <= i + diag);
+              if (!visible) x = neg_inf();
+            }
+            const float pe = dev::exp2_approx(x);
+            s[nt][half * 2 + e] = pe * (dp[nt][half * 2 + e] - delta_row[half]);  // dS
+          }
+        }
+      }
+
+      // Gq += dS kf.
+#pragma unroll
+      for (int kk = 0; kk < C::kBlockN / 16; ++kk) {
+        dev::u32 da[4];
+        da[0] = E::pack(s[2 * kk][0], s[2 * kk][1]);
+        da[1] = E::pack(s[2 * kk][2], s[2 * kk][3]);
+        da[2] = E::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        da[3] = E::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        const int krow = kk * 16 + lane % 8 + 8 * ((lane / 8) % 2);
+#pragma unroll
+        for (int nd = 0; nd < kGTiles; nd += 2) {
+          dev::u32 bk[4];
+          dev::ldmatrix_x4_trans(bk, k_smem + 2 * KTile::offset(krow, nd * 8 + 8 * (lane / 16)));
+          E::mma(gq[nd], da, bk[0], bk[1]);
+          E::mma(gq[nd + 1], da, bk[2], bk[3]);
+        }
+      }
+      __syncthreads();  // every warp is done with this stage before it is refilled
+    }
+    dev::cp_async_wait<0>();
+
+    const float dq_std_scale = p.scale * w_std, dk_low_scale = p.scale * w_rec;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int i = m0 + local_row0 + 8 * half;
+      if (i >= seqlen_q) continue;
+#pragma unroll
+      for (int nd = 0; nd < kGTiles; ++nd) {
+        const int c = nd * 8 + 2 * (lane % 4);
+        const float x0 = gq[nd][half * 2], x1 = gq[nd][half * 2 + 1];
+        if (c < C::kDStd) {
+          *elem<dev::u32>(p.dq_std, b, h, i, c) = E::pack(dq_std_scale * x0, dq_std_scale * x1);
+        } else if (c < C::kDqk) {
+          *elem<dev::u32>(p.dk_low, b, h, i, c - C::kDStd) =
+              E::pack(dk_low_scale * x0, dk_low_scale * x1);
+        }
+      }
+    }
+  }
+};
+
+/// Deterministic dQ kernel body; grid (batch * heads, query blocks), heavy query blocks first.
+template <class Config>
+__device__ __forceinline__ void bwd_dq(const BwdParams& p) {
+  extern __shared__ __align__(128) char smem[];
+  BwdDqKernel<Config> k{p, smem};
+  k.tid = static_cast<int>(threadIdx.x);
+  k.warp = k.tid / 32;
+  k.lane = k.tid % 32;
+  k.bh = static_cast<int>(blockIdx.x);
+  k.b = k.bh / p.heads;
+  k.h = k.bh % p.heads;
+  k.m0 = (p.num_m_blocks - 1 - static_cast<int>(blockIdx.y)) * Config::kBlockM;
+  k.q_std_off = k.b * p.q_std.batch_stride + k.h * p.q_std.head_stride;
+  k.k_low_off = k.b * p.k_low.batch_stride + k.h * p.k_low.head_stride;
+  k.k_std_off = k.b * p.k_std.batch_stride + k.h * p.k_std.head_stride;
+  k.q_low_off = k.b * p.q_low.batch_stride + k.h * p.q_low.head_stride;
+  k.v_off = k.b * p.v.batch_stride + k.h * p.v.head_stride;
+  k.o_off = k.b * p.d_o.batch_stride + k.h * p.d_o.head_stride;
+  k.run();
+}
+
+// ---- small kernels: one warp per (b, h, row), or one CTA per head ----------------------------
+inline constexpr int kAuxThreads = kAuxThreadsHost;
+
+/// Delta_i = dO_i . O_i and LSE_i * log2(e) (+inf for rows that saw no key, so that every P of
+/// that row recomputes to 0); zeroes the row's fp32 Gq accumulator when there is one.
+template <class E, int kDStd, int kR, int kHeadDim>
+__device__ __forceinline__ void bwd_preprocess(const BwdParams& p) {
+  using namespace bwd_detail;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const index_t row = static_cast<index_t>(blockIdx.x) * (kAuxThreads / 32) + threadIdx.x / 32;
+  const index_t rows = static_cast<index_t>(p.batch) * p.heads * p.seqlen_q;
+  if (row >= rows) return;
+  const int i = static_cast<int>(row % p.seqlen_q);
+  const int bh = static_cast<int>(row / p.seqlen_q);
+  const int b = bh / p.heads, h = bh % p.heads;
+  const dev::u16* o = static_cast<const dev::u16*>(p.o.ptr) + b * p.o.batch_stride +
+                      h * p.o.head_stride + i * p.o.row_stride;
+  const dev::u16* d_o = static_cast<const dev::u16*>(p.d_o.ptr) + b * p.d_o.batch_stride +
+                        h * p.d_o.head_stride + i * p.d_o.row_stride;
+  float acc = 0.f;
+  for (int c = 2 * lane; c < kHeadDim; c += 64) {
+    const dev::u32 x = *reinterpret_cast<const dev::u32*>(o + c);
+    const dev::u32 y = *reinterpret_cast<const dev::u32*>(d_o + c);
+    acc += E::lo(x) * E::lo(y) + E::hi(x) * E::hi(y);
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) {
+    p.delta[row] = acc;
+    const float lse = p.lse[row];
+    p.lse_log2[row] = lse == neg_inf() ? pos_inf() : lse * kLog2e;
+  }
+  if (p.gq != nullptr) {
+    for (int c = lane; c < kDStd + kR; c += 32) p.gq[row * (kDStd + kR) + c] = 0.f;
+  }
+}
+
+/// dq_std = scale * w_std * Gq[:Ds] and dk_low = scale * w_rec * Gq[Ds:] from the fp32 workspace
+/// (gates omitted when the accumulator already carries them).
+template <class E, int kDStd, int kR, int kHeadDim>
+__device__ __forceinline__ void bwd_dq_convert(const BwdParams& p) {
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const index_t row = static_cast<index_t>(blockIdx.x) * (kAuxThreads / 32) + threadIdx.x / 32;
+  const index_t rows = static_cast<index_t>(p.batch) * p.heads * p.seqlen_q;
+  if (row >= rows) return;
+  const int i = static_cast<int>(row % p.seqlen_q);
+  const int bh = static_cast<int>(row / p.seqlen_q);
+  const int b = bh / p.heads, h = bh % p.heads;
+  const float g_std = p.gq_gated || p.w_std == nullptr ? 1.f : p.w_std[h];
+  const float g_rec = p.gq_gated || p.w_rec == nullptr ? 1.f : p.w_rec[h];
+  const float* gq = p.gq + row * (kDStd + kR);
+  for (int c = 2 * lane; c < kDStd + kR; c += 64) {
+    const float2 x = *reinterpret_cast<const float2*>(gq + c);
+    if (c < kDStd) {
+      const float s = p.scale * g_std;
+      *bwd_detail::elem<dev::u32>(p.dq_std, b, h, i, c) = E::pack(s * x.x, s * x.y);
+    } else {
+      const float s = p.scale * g_rec;
+      *bwd_detail::elem<dev::u32>(p.dk_low, b, h, i, c - kDStd) = E::pack(s * x.x, s * x.y);
+    }
+  }
+}
+
+/// One CTA per head: dw_std, dw_rec from the per-key-block partials; the bias gradient (summed
+/// over the batch when the bias is shared over it) and dw_disc. Every sum has a fixed order.
+template <class E, int kDStd, int kR, int kHeadDim>
+__device__ __forceinline__ void bwd_finalize(const BwdParams& p) {
+  using namespace bwd_detail;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int h = static_cast<int>(blockIdx.x);
+  if (tid < 32 && p.dw_partial != nullptr) {
+    // Warp 0: lane l sums partials l, l + 32, ... of the (batch, key block) sequence, then a fixed
+    // butterfly: parallel (not a 100-long chain of dependent loads) and still deterministic.
+    float s0 = 0.f, s1 = 0.f;
+    const int total = p.batch * p.num_n_blocks;
+    for (int k = tid; k < total; k += 32) {
+      const int b = k / p.num_n_blocks, n = k % p.num_n_blocks;
+      const float* part = p.dw_partial + 2 * ((static_cast<index_t>(b) * p.heads + h) * p.num_n_blocks + n);
+      s0 += part[0];
+      s1 += part[1];
+    }
+    s0 = warp_sum(s0);
+    s1 = warp_sum(s1);
+    if (tid == 0 && p.dw_std != nullptr) p.dw_std[h] = p.scale * s0;
+    if (tid == 0 && p.dw_rec != nullptr) p.dw_rec[h] = kR > 0 ? p.scale * s1 : 0.f;
+  }
+  if (p.bias == nullptr) return;
+  const float w_disc = p.w_disc ? p.w_disc[h] : 1.f;
+  const bool shared_over_batch = p.bias_batch_stride == 0;
+  float acc = 0.f;
+  for (int j = tid; j < p.seqlen_k; j += kAuxThreads) {
+    if (shared_over_batch) {
+      float g = 0.f;
+      for (int b = 0; b < p.batch; ++b) g += p.col_sums[(static_cast<index_t>(b) * p.heads + h) * p.seqlen_k + j];
+      if (p.d_bias != nullptr) p.d_bias[h * p.d_bias_head_stride + j] = w_disc * g;
+      acc += p.bias[h * p.bias_head_stride + j] * g;
+    } else {
+      for (int b = 0; b < p.batch; ++b) {
+        const float g = p.col_sums[(static_cast<index_t>(b) * p.heads + h) * p.seqlen_k + j];
+        if (p.d_bias != nullptr) {
+          p.d_bias[b * p.d_bias_batch_stride + h * p.d_bias_head_stride + j] = w_disc * g;
+        }
+        acc += p.bias[b * p.bias_batch_stride + h * p.bias_head_stride + j] * g;
+      }
+    }
+  }
+  __shared__ float warp_acc[kAuxThreads / 32];
+  acc = warp_sum(acc);
+  if (tid % 32 == 0) warp_acc[tid / 32] = acc;
+  __syncthreads();
+  if (tid == 0 && p.dw_disc != nullptr) {
+    float total = 0.f;
+    for (int w = 0; w < kAuxThreads / 32; ++w) total += warp_acc[w];
+    p.dw_disc[h] = total;
+  }
+}
+
+}  // namespace rajit::attn

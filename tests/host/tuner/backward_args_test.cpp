@@ -1,0 +1,174 @@
+/// Host tests for check_backward_args(), the backward workspace size and the backward generator.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "generator/backward_source.hpp"
+#include "templates/attention/bwd_limits.cuh"
+#include "tuner/backward.hpp"
+
+using rajit::gen::AttentionSpec;
+using rajit::gen::BackwardKernel;
+using rajit::gen::BiasKind;
+using rajit::gen::Dtype;
+using rajit::tune::BackwardArgs;
+using rajit::tune::MutableTensorView;
+using rajit::tune::TensorView;
+
+namespace {
+
+constexpr long long B = 2, H = 4, Tq = 128, Tk = 96;
+
+MutableTensorView contiguous(std::uintptr_t address, long long rows, long long width) {
+  MutableTensorView t;
+  t.ptr = reinterpret_cast<void*>(address);
+  t.shape = {B, H, rows, width};
+  t.stride = {H * rows * width, rows * width, width, 1};
+  return t;
+}
+
+// A valid call on fake, well-aligned device pointers (nothing is dereferenced).
+BackwardArgs valid_args(const AttentionSpec& s) {
+  BackwardArgs a;
+  a.spec = s;
+  a.q_std = contiguous(0x100000, Tq, s.d_std).as_const();
+  a.k_std = contiguous(0x200000, Tk, s.d_std).as_const();
+  a.v = contiguous(0x500000, Tk, s.head_dim).as_const();
+  a.o = contiguous(0x600000, Tq, s.head_dim).as_const();
+  a.d_o = contiguous(0x680000, Tq, s.head_dim).as_const();
+  a.lse = reinterpret_cast<const float*>(0x6c0000);
+  a.dq_std = contiguous(0x800000, Tq, s.d_std);
+  a.dk_std = contiguous(0x900000, Tk, s.d_std);
+  a.dv = contiguous(0xc00000, Tk, s.head_dim);
+  if (s.r > 0) {
+    a.k_low = contiguous(0x300000, Tq, s.r).as_const();
+    a.q_low = contiguous(0x400000, Tk, s.r).as_const();
+    a.dk_low = contiguous(0xa00000, Tq, s.r);
+    a.dq_low = contiguous(0xb00000, Tk, s.r);
+    a.dw_rec = reinterpret_cast<float*>(0xd00100);
+  }
+  a.dw_std = reinterpret_cast<float*>(0xd00000);
+  if (s.bias == BiasKind::kColumn) {
+    a.bias.ptr = reinterpret_cast<const float*>(0x700000);
+    a.bias.head_stride = Tk;
+    a.d_bias = reinterpret_cast<float*>(0xe00000);
+    a.d_bias_head_stride = Tk;
+    a.dw_disc = reinterpret_cast<float*>(0xd00200);
+  }
+  return a;
+}
+
+const AttentionSpec kSeeds{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16};
+
+std::string joined(const std::vector<std::string>& problems) {
+  std::string out;
+  for (const auto& p : problems) out += p + "\n";
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("check_backward_args: a valid call has no problems, with and without r and bias") {
+  CHECK(rajit::tune::check_backward_args(valid_args(kSeeds)).empty());
+  CHECK(rajit::tune::check_backward_args(valid_args({64, 0, 64, false, BiasKind::kNone, Dtype::kFp16})).empty());
+  CHECK(rajit::tune::check_backward_args(valid_args({120, 8, 128, true, BiasKind::kColumn, Dtype::kBf16})).empty());
+}
+
+TEST_CASE("check_backward_args: specs the backward does not support name the field") {
+  const auto wide = rajit::tune::check_backward_args(valid_args({248, 8, 256, true, BiasKind::kNone, Dtype::kBf16}));
+  CHECK(joined(wide).find("head_dim=256") != std::string::npos);
+  CHECK(joined(wide).find("d_std+r=256") != std::string::npos);
+  const auto bad = rajit::tune::check_backward_args(valid_args({50, 8, 64, true, BiasKind::kNone, Dtype::kBf16}));
+  CHECK(joined(bad).find("d_std=50") != std::string::npos);
+}
+
+TEST_CASE("check_backward_args: every missing, misshapen or misaligned tensor is reported by name") {
+  BackwardArgs a = valid_args(kSeeds);
+  a.d_o.ptr = nullptr;
+  a.lse = nullptr;
+  a.dq_low.shape[3] = 9;
+  a.dv.stride[3] = 2;
+  a.dk_std.ptr = reinterpret_cast<void*>(0x900001);
+  const std::string text = joined(rajit::tune::check_backward_args(a));
+  CHECK(text.find("d_o: null pointer") != std::string::npos);
+  CHECK(text.find("lse: null pointer") != std::string::npos);
+  CHECK(text.find("dq_low: shape") != std::string::npos);
+  CHECK(text.find("dv: last stride") != std::string::npos);
+  CHECK(text.find("dk_std: pointer") != std::string::npos);
+}
+
+TEST_CASE("check_backward_args: gradients that do not exist for the spec are rejected") {
+  BackwardArgs plain = valid_args({64, 0, 64, true, BiasKind::kNone, Dtype::kBf16});
+  plain.dw_rec = reinterpret_cast<float*>(0xd00100);
+  plain.d_bias = reinterpret_cast<float*>(0xe00000);
+  plain.dw_disc = reinterpret_cast<float*>(0xd00200);
+  const std::string text = joined(rajit::tune::check_backward_args(plain));
+  CHECK(text.find("dw_rec: must be null when r=0") != std::string::npos);
+  CHECK(text.find("d_bias: must be null when spec.bias=none") != std::string::npos);
+  CHECK(text.find("dw_disc: must be null when spec.bias=none") != std::string::npos);
+
+  BackwardArgs biased = valid_args(kSeeds);
+  biased.bias.ptr = nullptr;
+  biased.d_bias_batch_stride = -1;
+  const std::string text2 = joined(rajit::tune::check_backward_args(biased));
+  CHECK(text2.find("bias: spec.bias=column needs a bias pointer") != std::string::npos);
+  CHECK(text2.find("d_bias: strides must be non-negative") != std::string::npos);
+}
+
+TEST_CASE("check_backward_args: scale and a caller's workspace are checked") {
+  BackwardArgs a = valid_args(kSeeds);
+  a.scale = -1;
+  a.workspace = reinterpret_cast<void*>(0xf00010);
+  a.workspace_bytes = 16;
+  const std::string text = joined(rajit::tune::check_backward_args(a));
+  CHECK(text.find("scale=-1") != std::string::npos);
+  CHECK(text.find("workspace_bytes=16") != std::string::npos);
+  CHECK(text.find("256-byte aligned") != std::string::npos);
+}
+
+TEST_CASE("backward_workspace_bytes: grows with the atomic dQ accumulator and the bias sums") {
+  BackwardArgs a = valid_args(kSeeds);
+  const std::size_t atomic = rajit::tune::backward_workspace_bytes(a);
+  a.deterministic = true;
+  const std::size_t det = rajit::tune::backward_workspace_bytes(a);
+  // The fp32 Gq accumulator (B, H, Tq, d_std + r) is only needed without determinism.
+  CHECK(atomic - det >= static_cast<std::size_t>(B * H * Tq * (56 + 8) * 4));
+  CHECK(det % 256 == 0);
+  BackwardArgs nobias = valid_args({56, 8, 64, true, BiasKind::kNone, Dtype::kBf16});
+  nobias.deterministic = true;
+  CHECK(rajit::tune::backward_workspace_bytes(nobias) < det);
+}
+
+TEST_CASE("generate_backward: every kernel family renders deterministically with procedural names") {
+  for (BackwardKernel k : {BackwardKernel::kDkv, BackwardKernel::kDkvAtomicDq, BackwardKernel::kDq,
+                           BackwardKernel::kAux}) {
+    CAPTURE(rajit::gen::to_string(k));
+    const auto tiles = rajit::gen::valid_backward_tiles(kSeeds, k, 227 * 1024);
+    CHECK((k == BackwardKernel::kAux) == tiles.empty());
+    const rajit::gen::TileConfig tile = tiles.empty() ? rajit::gen::TileConfig{} : tiles.front();
+    const auto a = rajit::gen::generate_backward(kSeeds, k, tile);
+    const auto b = rajit::gen::generate_backward(kSeeds, k, tile);
+    CHECK(a.text == b.text);
+    CHECK(a.entry.rfind("rajit_bwd", 0) == 0);
+    CHECK(a.text.find("#include") == std::string::npos);  // flattened for NVRTC
+    CHECK(a.text.find("${") == std::string::npos);
+  }
+}
+
+TEST_CASE("validate_backward: bad tiles name the field and the allowed values") {
+  const auto p = rajit::gen::validate_backward(kSeeds, BackwardKernel::kDkv, {48, 96, 3, 3}, 227 * 1024);
+  const std::string text = joined(p);
+  CHECK(text.find("block_m=48") != std::string::npos);
+  CHECK(text.find("block_n=96") != std::string::npos);
+  CHECK(text.find("warps=3") != std::string::npos);
+  CHECK(text.find("stages=3") != std::string::npos);
+  const auto smem = rajit::gen::validate_backward({120, 8, 128, true, BiasKind::kNone, Dtype::kBf16},
+                                                  BackwardKernel::kDkvAtomicDq, {16, 128, 8, 2}, 48 * 1024);
+  CHECK(joined(smem).find("bytes of shared memory") != std::string::npos);
+  // 16-row query blocks only where 32 would not fit the registers.
+  CHECK(!rajit::gen::validate_backward(kSeeds, BackwardKernel::kDkv, {16, 64, 4, 2}, 227 * 1024).empty());
+  CHECK(rajit::gen::validate_backward({120, 8, 128, true, BiasKind::kNone, Dtype::kBf16},
+                                      BackwardKernel::kDkv, {16, 64, 4, 2}, 227 * 1024).empty());
+}
