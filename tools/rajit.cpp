@@ -343,48 +343,94 @@ int cmd_cache(bool list, const std::vector<std::string>& names, bool all) {
   return rc;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// Every subcommand and flag, built without running anything, so that the CLI fuzz target
+// (tests/fuzz/cli_args_fuzz.cpp) parses argv exactly as main() does.
+struct Cli {
   CLI::App app{"rajit: JIT kernels for Reciprocal Attention (RA)"};
-  app.require_subcommand(1);
   SpecFlags sf;
   GenFlags gf;
   RunFlags rf;
-  auto* info = app.add_subcommand("info", "driver, NVRTC, GPUs and the cache directory");
-  auto* genc = app.add_subcommand("gen", "generate .cu/.ptx/.cubin files and a manifest offline");
-  sf.add_to(*genc);
-  genc->add_option("--arch", gf.archs, "target archs: sm_80, sm_86, sm_89, sm_90, sm_90a")
-      ->delimiter(',')->capture_default_str();
-  genc->add_option("--emit", gf.emit, "what to write: cu, ptx, cubin")->delimiter(',')->capture_default_str();
-  genc->add_option("--out", gf.out, "output folder")->capture_default_str();
-  auto* run = app.add_subcommand("run", "run one spec and shape on the GPU and check it against the "
-                                        "float64 reference (compile only without a GPU)");
-  sf.add_to(*run);
-  run->add_option("--layout", rf.layout, "separate, strided, paired or folded")->capture_default_str();
-  run->add_option("--seed", rf.seed, "random seed of the inputs")->capture_default_str();
-  run->add_option("--iters", rf.iters, "timed launches (median reported)")->capture_default_str();
-  run->add_flag("--per-batch-bias", rf.per_batch_bias, "one bias vector per batch entry");
   BenchFlags bf;
-  auto* bench = app.add_subcommand("bench", "time specs over shapes (CUDA events, median; FlashAttention "
-                                            "TFLOP/s) beside the r = 0, no-bias baseline");
-  sf.add_to(*bench);
-  bench->add_option("--shapes", bf.shapes, "BxHxT[xTk] list, e.g. 4x16x4096,2x16x8192")->delimiter(',');
-  bench->add_flag("--sweep", bf.sweep, "time every valid tile shape");
-  bench->add_flag("--no-baseline", bf.no_baseline, "skip the r = 0, no-bias rows");
-  bench->add_flag("--dispatch", bf.dispatch, "also measure host dispatch time per call");
-  bench->add_option("--format", bf.format, "table, csv or json")->capture_default_str();
-  bench->add_option("--iters", bf.iters, "timed launches per row")->capture_default_str();
-  bench->add_option("--warmup", bf.warmup, "untimed launches first")->capture_default_str();
-  auto* cache = app.add_subcommand("cache", "the on-disk kernel cache ($RAJIT_CACHE_DIR)");
-  cache->require_subcommand(1);
-  auto* ls = cache->add_subcommand("ls", "list cached kernels");
-  auto* rm = cache->add_subcommand("rm", "remove cached kernels");
   std::vector<std::string> rm_names;
   bool rm_all = false;
-  rm->add_option("names", rm_names, "entry names (see `rajit cache ls`)");
-  rm->add_flag("--all", rm_all, "remove every entry");
+  CLI::App *info, *genc, *run, *bench, *cache, *ls, *rm;
 
+  Cli() {
+    app.require_subcommand(1);
+    info = app.add_subcommand("info", "driver, NVRTC, GPUs and the cache directory");
+    genc = app.add_subcommand("gen", "generate .cu/.ptx/.cubin files and a manifest offline");
+    sf.add_to(*genc);
+    genc->add_option("--arch", gf.archs, "target archs: sm_80, sm_86, sm_89, sm_90, sm_90a")
+        ->delimiter(',')->capture_default_str();
+    genc->add_option("--emit", gf.emit, "what to write: cu, ptx, cubin")->delimiter(',')->capture_default_str();
+    genc->add_option("--out", gf.out, "output folder")->capture_default_str();
+    run = app.add_subcommand("run", "run one spec and shape on the GPU and check it against the "
+                                          "float64 reference (compile only without a GPU)");
+    sf.add_to(*run);
+    run->add_option("--layout", rf.layout, "separate, strided, paired or folded")->capture_default_str();
+    run->add_option("--seed", rf.seed, "random seed of the inputs")->capture_default_str();
+    run->add_option("--iters", rf.iters, "timed launches (median reported)")->capture_default_str();
+    run->add_flag("--per-batch-bias", rf.per_batch_bias, "one bias vector per batch entry");
+    bench = app.add_subcommand("bench", "time specs over shapes (CUDA events, median; FlashAttention "
+                                              "TFLOP/s) beside the r = 0, no-bias baseline");
+    sf.add_to(*bench);
+    bench->add_option("--shapes", bf.shapes, "BxHxT[xTk] list, e.g. 4x16x4096,2x16x8192")->delimiter(',');
+    bench->add_flag("--sweep", bf.sweep, "time every valid tile shape");
+    bench->add_flag("--no-baseline", bf.no_baseline, "skip the r = 0, no-bias rows");
+    bench->add_flag("--dispatch", bf.dispatch, "also measure host dispatch time per call");
+    bench->add_option("--format", bf.format, "table, csv or json")->capture_default_str();
+    bench->add_option("--iters", bf.iters, "timed launches per row")->capture_default_str();
+    bench->add_option("--warmup", bf.warmup, "untimed launches first")->capture_default_str();
+    cache = app.add_subcommand("cache", "the on-disk kernel cache ($RAJIT_CACHE_DIR)");
+    cache->require_subcommand(1);
+    ls = cache->add_subcommand("ls", "list cached kernels");
+    rm = cache->add_subcommand("rm", "remove cached kernels");
+    rm->add_option("names", rm_names, "entry names (see `rajit cache ls`)");
+    rm->add_flag("--all", rm_all, "remove every entry");
+  }
+};
+
+}  // namespace
+
+#ifdef RAJIT_CLI_FUZZING
+/// Parses argv as main() does and validates the spec, shape and tile flags, running nothing.
+/// Returns 0 (valid), 2 (usage error). Anything else escaping is a bug the fuzzer reports.
+int rajit_cli_parse_only(int argc, char** argv) {
+  Cli cli;
+  try {
+    cli.app.parse(argc, argv);
+  } catch (const CLI::ParseError&) {
+    return kExitUsage;
+  }
+  try {
+    if (*cli.genc || *cli.run || *cli.bench) {
+      (void)cli.sf.specs();
+      (void)cli.sf.shape();
+      (void)cli.sf.pinned();
+    }
+    if (*cli.bench) {
+      for (const auto& t : cli.bf.shapes) (void)parse_shape(t);
+    }
+    if (*cli.genc) {
+      for (const auto& a : cli.gf.archs) (void)gen::parse_arch(a);
+    }
+  } catch (const gen::SpecError&) {
+    return kExitUsage;
+  }
+  return kExitOk;
+}
+#else
+int main(int argc, char** argv) {
+  Cli cli;
+  CLI::App& app = cli.app;
+  const SpecFlags& sf = cli.sf;
+  const GenFlags& gf = cli.gf;
+  const RunFlags& rf = cli.rf;
+  const BenchFlags& bf = cli.bf;
+  const auto& rm_names = cli.rm_names;
+  const bool& rm_all = cli.rm_all;
+  CLI::App *info = cli.info, *genc = cli.genc, *run = cli.run, *bench = cli.bench,
+           *cache = cli.cache, *ls = cli.ls, *rm = cli.rm;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -417,3 +463,4 @@ int main(int argc, char** argv) {
   }
   return kExitUsage;
 }
+#endif  // RAJIT_CLI_FUZZING

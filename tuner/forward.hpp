@@ -66,7 +66,8 @@ struct LaunchRecord {
 /// NVRTC (logged on stderr) or loads from the disk cache; later calls only launch.
 /// Thread-safe. Asynchronous: returns once the kernel is enqueued.
 /// Throws: gen::SpecError (bad spec or pinned tile), ArgumentError (bad tensors), rt::CompileError,
-/// rt::DriverError, rt::NoDriverError.
+/// rt::DriverError, rt::NoDriverError; rt::Error when the kernel is not loaded yet and args.stream
+/// is capturing a CUDA graph (warm up before capture: docs/reliability.md).
 LaunchRecord forward(const ForwardArgs& args);
 
 }  // namespace rajit::tune
