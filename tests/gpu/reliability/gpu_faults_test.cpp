@@ -209,7 +209,9 @@ TEST_CASE("gpu faults: a cubin for another arch, or garbage with a valid checksu
       {wrong_arch + " cubin", wrong},
       {"ELF-headed garbage", {garbage_text.begin(), garbage_text.end()}},
       {"unterminated text garbage", {text_garbage.begin(), text_garbage.end()}}};
-  for (const auto& [what, payload] : planted) {
+  for (const auto& item : planted) {
+    const std::string& what = item.first;
+    const auto& payload = item.second;
     CAPTURE(what);
     const std::vector<char> entry = rt::encode_cache_entry(rt::full_key(req), payload);
     REQUIRE(!rt::replace_file_atomically(tmp.path() / rt::cache_file_name(req), entry));

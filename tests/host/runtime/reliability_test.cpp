@@ -97,7 +97,9 @@ TEST_CASE("concurrency: 16 processes compiling shared and distinct keys into one
   }
   int total_compiles = 0;
   for (const Child& c : children) {
-    const auto [code, out] = finish(c);
+    const auto finished = finish(c);
+    const int code = finished.first;
+    const std::string& out = finished.second;
     CAPTURE(out);
     CHECK(code == 0);
     total_compiles += compiles_in(out);
@@ -139,7 +141,9 @@ TEST_CASE("concurrency: a writer SIGKILLed at random points mid-write leaves not
     const Child writer = spawn_worker({tmp.path().string(), "writer", std::to_string(4 << 20)});
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % 60000));
     ::kill(writer.pid, SIGKILL);
-    const auto [code, out] = finish(writer);
+    const auto finished = finish(writer);
+    const int code = finished.first;
+    const std::string& out = finished.second;
     CHECK(code == -1);  // killed, not exited
     LogCapture log;
     DiskCache reader(tmp.path());
@@ -241,7 +245,9 @@ TEST_CASE("corruption: every flipped byte and every truncation of an entry is re
   variants.push_back({"one byte appended", longer});
 
   int compiles_before = compiler.calls;
-  for (const auto& [what, bytes] : variants) {
+  for (const auto& item : variants) {
+    const std::string& what = item.first;
+    const auto& bytes = item.second;
     CAPTURE(what);
     write_bytes(path, bytes);
     LogCapture log;
@@ -287,7 +293,9 @@ TEST_CASE("corruption: wrong magic, wrong version, another key, another arch and
       {"an entry from NVRTC 12.8", rajit::rt::encode_cache_entry(other_nvrtc_key, payload)},
       {"an empty file", {}},
   };
-  for (const auto& [what, bytes] : cases) {
+  for (const auto& item : cases) {
+    const std::string& what = item.first;
+    const auto& bytes = item.second;
     CAPTURE(what);
     write_bytes(tmp.path() / file, bytes);
     const int before = compiler.calls;

@@ -25,7 +25,9 @@ TEST_CASE("concurrency: 16 processes compiling real kernels (shared and distinct
   }
   int total = 0;
   for (const auto& c : children) {
-    const auto [code, out] = rajit::test::finish(c);
+    const auto finished = rajit::test::finish(c);
+    const int code = finished.first;
+    const std::string& out = finished.second;
     CAPTURE(out);
     CHECK(code == 0);
     total += rajit::test::compiles_in(out);
