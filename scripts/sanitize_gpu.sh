@@ -25,14 +25,21 @@ gpu_tests="$bin/tests/rajit_tests_gpu"
 # One cache for every run: each kernel compiles once, outside the sanitizer's timing.
 export RAJIT_CACHE_DIR="${RAJIT_CACHE_DIR:-$(mktemp -d)/rajit-cache}"
 
+# Each run's full output stays in $SANITIZE_LOG_DIR (default: a fresh temporary folder).
+logs="${SANITIZE_LOG_DIR:-$(mktemp -d)}"
+mkdir -p "$logs"
 failures=0
+runs=0
 run() {
   local label="$1"; shift
   local start=$SECONDS
-  if "$cs" --error-exitcode 99 --print-limit 20 "$@" > /tmp/sanitize_gpu.$$.log 2>&1; then
-    echo "PASS $label ($((SECONDS - start)) s)"
+  runs=$((runs + 1))
+  local log="$logs/run$runs.log"
+  if "$cs" --error-exitcode 99 --print-limit 20 "$@" > "$log" 2>&1; then
+    # The sanitizer's summary and the check's verdict, so a pass shows what was checked.
+    echo "PASS $label ($((SECONDS - start)) s): $(grep -hoE '(ERROR|RACECHECK) SUMMARY: .*|-> (PASS|FAIL)|test cases: .*' "$log" | tr '\n' ' ')"
   else
-    echo "FAIL $label ($((SECONDS - start)) s)"; tail -40 /tmp/sanitize_gpu.$$.log
+    echo "FAIL $label ($((SECONDS - start)) s), log $log:"; tail -40 "$log"
     failures=$((failures + 1))
   fi
 }
@@ -49,6 +56,5 @@ for tool in $tools; do
     run "$tool gpu tests '$filter'" --tool "$tool" "${extra[@]}" "$gpu_tests" -tc="$filter"
   fi
 done
-rm -f /tmp/sanitize_gpu.$$.log
-echo "sanitize_gpu: $failures failing run(s)"
+echo "sanitize_gpu: $failures of $runs run(s) failing; logs in $logs"
 [ "$failures" -eq 0 ]
