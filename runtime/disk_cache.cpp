@@ -246,16 +246,28 @@ bool DiskCache::trusted_root(bool create) noexcept {
     }
     if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
       const unsigned old_mode = st.st_mode & 07777;
-      if (::chmod(root_.c_str(), 0700) != 0) {
+      if ((st.st_mode & S_ISVTX) != 0) {
+        // A shared sticky folder such as /tmp: never chmod it, and never trust it.
+        if (!root_warned_.exchange(true)) {
+          log_warn("cache directory {} is a shared folder (mode {:04o}); refusing to use it (set "
+                   "RAJIT_CACHE_DIR to a private directory, e.g. {}/rajit)",
+                   root_.string(), old_mode, root_.string());
+        }
+        return false;
+      }
+      // Ours but writable by others, who could plant cubins: take away only their write bit.
+      const unsigned new_mode = old_mode & ~static_cast<unsigned>(S_IWGRP | S_IWOTH);
+      if (::chmod(root_.c_str(), static_cast<mode_t>(new_mode)) != 0) {
         if (!root_warned_.exchange(true)) {
           log_warn("cache directory {} is writable by other users (mode {:04o}) and cannot be "
-                   "made private ({}); refusing to use it",
+                   "changed ({}); refusing to use it",
                    root_.string(), old_mode, errno_text(errno));
         }
         return false;
       }
-      log_warn("cache directory {} was writable by other users (mode {:04o}); changed it to 0700",
-               root_.string(), old_mode);
+      log_warn("cache directory {} was writable by other users (mode {:04o}); removed their write "
+               "permission (now {:04o})",
+               root_.string(), old_mode, new_mode);
     }
     return true;
   } catch (...) {

@@ -118,9 +118,10 @@ class DiskCache {
   std::size_t evict_to_limit(const std::string& keep = {}) noexcept;
 
  private:
-  /// Creates the root if `create`, then checks that it is a directory owned by this user and
-  /// not writable by others (a group/other-writable one of ours is fixed to 0700 with a
-  /// warning; a foreign one is refused with a warning, once). False: use no disk cache.
+  /// Creates the root (0700) if `create`, then checks that it is a directory owned by this user
+  /// and not writable by others: a group/other-writable one of ours loses those write bits with
+  /// a warning; a foreign one, or a shared sticky one like /tmp, is refused with one warning.
+  /// False: use no disk cache.
   bool trusted_root(bool create) noexcept;
   bool ensure_root() noexcept { return trusted_root(true); }
   std::optional<std::filesystem::path> write_atomically(const std::string& file_name,

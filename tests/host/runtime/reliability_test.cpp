@@ -316,22 +316,40 @@ TEST_CASE("corruption: wrong magic, wrong version, another key, another arch and
   }
 }
 
-TEST_CASE("hygiene: an existing cache directory writable by others is made 0700 with a warning") {
+TEST_CASE("hygiene: an existing cache directory writable by others loses their write permission "
+          "with a warning; a shared sticky one is refused") {
   TempDir tmp;
-  const fs::path dir = tmp.path() / "open";
-  REQUIRE(::mkdir(dir.c_str(), 0700) == 0);
-  REQUIRE(::chmod(dir.c_str(), 0777) == 0);
-  LogCapture log;
-  DiskCache cache(dir);
   const std::vector<char> payload = {'a', 'b'};
-  CHECK(cache.store("x.cubin", "key", payload));
-  struct stat st{};
-  REQUIRE(::stat(dir.c_str(), &st) == 0);
-  CHECK((st.st_mode & 0777) == 0700);
-  REQUIRE(log.warnings().size() == 1);
-  CHECK(log.warnings()[0].text.find("changed it to 0700") != std::string::npos);
-  CHECK(cache.load("x.cubin", "key") == payload);
-  CHECK(log.warnings().size() == 1);
+  SUBCASE("group/other-writable directory of ours") {
+    const fs::path dir = tmp.path() / "open";
+    REQUIRE(::mkdir(dir.c_str(), 0700) == 0);
+    REQUIRE(::chmod(dir.c_str(), 0777) == 0);
+    LogCapture log;
+    DiskCache cache(dir);
+    CHECK(cache.store("x.cubin", "key", payload));
+    struct stat st{};
+    REQUIRE(::stat(dir.c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0755);
+    REQUIRE(log.warnings().size() == 1);
+    CHECK(log.warnings()[0].text.find("removed their write permission (now 0755)") !=
+          std::string::npos);
+    CHECK(cache.load("x.cubin", "key") == payload);
+    CHECK(log.warnings().size() == 1);
+  }
+  SUBCASE("sticky shared directory like /tmp") {
+    const fs::path dir = tmp.path() / "shared";
+    REQUIRE(::mkdir(dir.c_str(), 0700) == 0);
+    REQUIRE(::chmod(dir.c_str(), 01777) == 0);
+    LogCapture log;
+    DiskCache cache(dir);
+    CHECK_FALSE(cache.store("x.cubin", "key", payload));
+    CHECK_FALSE(cache.load("x.cubin", "key").has_value());
+    struct stat st{};
+    REQUIRE(::stat(dir.c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 01777);  // never chmod'ed
+    REQUIRE(log.warnings().size() == 1);
+    CHECK(log.warnings()[0].text.find("shared folder (mode 1777)") != std::string::npos);
+  }
 }
 
 TEST_CASE("hygiene: a cache directory or an entry owned by another user is refused") {
@@ -449,3 +467,11 @@ TEST_CASE("hygiene: the library never runs a shell or another program") {
     CHECK_FALSE(std::regex_search(symbols, banned));
   }
 }
+
+// SLOT (tune file, issue 7): once tuner/ has parse_tune_file(std::string_view) and the tune file
+// is written through replace_file_atomically, add here, in the style of the two "corruption:"
+// cases above: a valid tune file; every byte flipped and every truncation; wrong magic/version;
+// an entry for another GPU, driver or NVRTC version; each must be reported once (one warning),
+// ignored (the heuristic tile is used, never a stale one) and rewritten by the next tune. And
+// extend the 16-process test: half the workers tune (write the tune file) while the others
+// compile, and every process must then read a tune file that parses.
