@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -72,8 +73,8 @@ bool write_all(int fd, const char* data, std::size_t size, int& err) noexcept {
 }
 
 // Why the bytes of an entry are unusable, or nullopt when they are fine.
-std::optional<std::string> validate(const std::vector<char>& file, const std::string& full_key,
-                                    std::size_t& payload_offset, std::size_t& payload_size) {
+std::optional<std::string> check_entry(std::span<const char> file, std::string_view full_key,
+                                       std::size_t& payload_offset, std::size_t& payload_size) {
   const std::size_t size = file.size();
   if (size < DiskCache::kPrefixBytes) {
     return "is truncated (header needs at least " + std::to_string(DiskCache::kPrefixBytes) +
@@ -140,6 +141,13 @@ bool is_scratch_name(std::string_view name) noexcept {
 
 }  // namespace
 
+ParsedCacheEntry parse_cache_entry(std::span<const char> file, std::string_view full_key) {
+  ParsedCacheEntry out;
+  out.problem = check_entry(file, full_key, out.payload_offset, out.payload_size);
+  if (out.problem) out.payload_offset = out.payload_size = 0;
+  return out;
+}
+
 bool is_valid_cache_file_name(std::string_view name) noexcept {
   if (name.empty() || name.size() > 200 || name.front() == '.') return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
@@ -165,7 +173,20 @@ std::vector<char> encode_cache_entry(std::string_view full_key, std::span<const 
   return out;
 }
 
-DiskCache::DiskCache(fs::path root) : root_(std::move(root)) {}
+DiskCache::DiskCache(fs::path root) : root_(std::move(root)) {
+  const char* text = std::getenv("RAJIT_CACHE_MAX_BYTES");
+  if (text == nullptr || *text == '\0') return;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long value = std::strtoull(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || *text == '-') {
+    log_warn("RAJIT_CACHE_MAX_BYTES={}: must be a whole number of bytes (0 = unbounded); using "
+             "the default {}",
+             text, kDefaultMaxBytes);
+    return;
+  }
+  max_bytes_.store(value, std::memory_order_relaxed);
+}
 
 fs::path DiskCache::default_root() {
   auto env = [](const char* name) -> const char* {
@@ -184,24 +205,69 @@ fs::path DiskCache::default_root() {
   return tmp / ("rajit-" + std::to_string(::getuid())) / RAJIT_VERSION;
 }
 
-bool DiskCache::ensure_root() noexcept {
+bool DiskCache::trusted_root(bool create) noexcept {
   try {
-    // mkdir component by component so that every directory we create is 0700: cached binaries
-    // are loaded into the GPU, so other users must not be able to plant them.
-    fs::path current;
-    for (const fs::path& part : root_) {
-      current /= part;
-      if (::mkdir(current.c_str(), 0700) != 0 && errno != EEXIST) {
-        log_warn("cannot create cache directory {}: {}; continuing without the disk cache",
-                 current.string(), errno_text(errno));
-        return false;
+    if (create) {
+      // mkdir component by component so that every directory we create is 0700: cached binaries
+      // are loaded into the GPU, so other users must not be able to plant them.
+      fs::path current;
+      for (const fs::path& part : root_) {
+        current /= part;
+        if (::mkdir(current.c_str(), 0700) != 0 && errno != EEXIST) {
+          log_warn("cannot create cache directory {}: {}; continuing without the disk cache",
+                   current.string(), errno_text(errno));
+          return false;
+        }
       }
     }
     struct stat st{};
-    if (::stat(root_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-      log_warn("cache root {} is not a directory; continuing without the disk cache",
-               root_.string());
+    if (::stat(root_.c_str(), &st) != 0) {
+      if (errno != ENOENT && !root_warned_.exchange(true)) {
+        log_warn("cannot inspect cache directory {}: {}; continuing without the disk cache",
+                 root_.string(), errno_text(errno));
+      }
       return false;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+      if (!root_warned_.exchange(true)) {
+        log_warn("cache root {} is not a directory; continuing without the disk cache",
+                 root_.string());
+      }
+      return false;
+    }
+    if (st.st_uid != ::geteuid()) {
+      // Its owner could replace any entry with code of their choosing.
+      if (!root_warned_.exchange(true)) {
+        log_warn("cache directory {} is owned by uid {}, not by this user (uid {}); refusing to "
+                 "use it (set RAJIT_CACHE_DIR to a directory of your own)",
+                 root_.string(), st.st_uid, ::geteuid());
+      }
+      return false;
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+      const unsigned old_mode = st.st_mode & 07777;
+      if ((st.st_mode & S_ISVTX) != 0) {
+        // A shared sticky folder such as /tmp: never chmod it, and never trust it.
+        if (!root_warned_.exchange(true)) {
+          log_warn("cache directory {} is a shared folder (mode {:04o}); refusing to use it (set "
+                   "RAJIT_CACHE_DIR to a private directory, e.g. {}/rajit)",
+                   root_.string(), old_mode, root_.string());
+        }
+        return false;
+      }
+      // Ours but writable by others, who could plant cubins: take away only their write bit.
+      const unsigned new_mode = old_mode & ~static_cast<unsigned>(S_IWGRP | S_IWOTH);
+      if (::chmod(root_.c_str(), static_cast<mode_t>(new_mode)) != 0) {
+        if (!root_warned_.exchange(true)) {
+          log_warn("cache directory {} is writable by other users (mode {:04o}) and cannot be "
+                   "changed ({}); refusing to use it",
+                   root_.string(), old_mode, errno_text(errno));
+        }
+        return false;
+      }
+      log_warn("cache directory {} was writable by other users (mode {:04o}); removed their write "
+               "permission (now {:04o})",
+               root_.string(), old_mode, new_mode);
     }
     return true;
   } catch (...) {
@@ -222,6 +288,7 @@ std::optional<std::vector<char>> DiskCache::load(const std::string& file_name,
     return std::nullopt;
   };
   if (!is_valid_cache_file_name(file_name)) return reject("has an invalid file name");
+  if (!trusted_root(false)) return miss();
   const fs::path path = root_ / file_name;
   // O_NOFOLLOW: an entry that is a symlink could point anywhere, so it is never read (S41).
   const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -239,12 +306,19 @@ std::optional<std::vector<char>> DiskCache::load(const std::string& file_name,
   std::vector<char> file;
   int err = 0;
   const bool read_ok = read_all(fd, file, static_cast<std::size_t>(st.st_size), err);
+  // The mtime records the last use, so that eviction is least-recently-used (atime is often
+  // disabled). A bad entry touched here is removed below; a failure only skews the LRU order.
+  if (read_ok && st.st_uid == ::geteuid()) ::futimens(fd, nullptr);
   ::close(fd);
   if (!read_ok) return reject("cannot be read (" + errno_text(err) + ")");
 
-  std::size_t offset = 0;
-  std::size_t size = 0;
-  if (const std::optional<std::string> why = validate(file, full_key, offset, size)) {
+  if (st.st_uid != ::geteuid()) {
+    // Someone else's file could be any code; never load it (S41). store() renames over it.
+    return reject("is owned by uid " + std::to_string(st.st_uid) + ", not by this user (uid " +
+                  std::to_string(::geteuid()) + "), and is refused");
+  }
+  const ParsedCacheEntry parsed = parse_cache_entry(file, full_key);
+  if (const std::optional<std::string>& why = parsed.problem) {
     // Remove the file we judged, not one a concurrent writer has just renamed into place.
     struct stat now{};
     if (::lstat(path.c_str(), &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino) {
@@ -253,7 +327,7 @@ std::optional<std::vector<char>> DiskCache::load(const std::string& file_name,
     return reject(*why);
   }
   hits_.fetch_add(1, std::memory_order_relaxed);
-  file.erase(file.begin(), file.begin() + static_cast<std::ptrdiff_t>(offset));
+  file.erase(file.begin(), file.begin() + static_cast<std::ptrdiff_t>(parsed.payload_offset));
   return file;
 }
 
@@ -326,6 +400,7 @@ bool DiskCache::store(const std::string& file_name, const std::string& full_key,
     log_warn("out of memory while writing cache entry {}", file_name);
   }
   (written ? stores_ : store_failures_).fetch_add(1, std::memory_order_relaxed);
+  if (written) evict_to_limit(file_name);
   return written.has_value();
 }
 
@@ -372,6 +447,55 @@ bool DiskCache::remove(const std::string& file_name) noexcept {
     return ::unlink((root_ / file_name).c_str()) == 0;
   } catch (...) {
     return false;
+  }
+}
+
+std::size_t DiskCache::evict_to_limit(const std::string& keep) noexcept {
+  try {
+    // Temporary files of writers that died (e.g. SIGKILL) mid-write; a live writer's file is
+    // seconds old, never an hour.
+    const auto stale_before = fs::file_time_type::clock::now() - std::chrono::hours(1);
+    std::error_code ec;
+    for (fs::directory_iterator it(root_, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      std::error_code time_ec;
+      if (name.find(".tmp.") != std::string::npos && is_scratch_name(name) &&
+          it->last_write_time(time_ec) < stale_before && !time_ec) {
+        ::unlink(it->path().c_str());
+      }
+    }
+    const std::uint64_t limit = max_bytes();
+    if (limit == 0) return 0;
+    auto total_of = [](const std::vector<EntryInfo>& entries) {
+      std::uint64_t total = 0;
+      for (const EntryInfo& e : entries) total += e.size;
+      return total;
+    };
+    if (total_of(list()) <= limit) return 0;
+    // One evicting process at a time; the list is re-read under the lock.
+    const FileLock lock = this->lock("cache-eviction");
+    std::vector<EntryInfo> entries = list();
+    std::uint64_t total = total_of(entries);
+    std::stable_sort(entries.begin(), entries.end(),
+                     [](const EntryInfo& a, const EntryInfo& b) { return a.mtime < b.mtime; });
+    std::size_t evicted = 0;
+    for (const EntryInfo& e : entries) {
+      if (total <= limit) break;
+      if (e.name == keep) continue;
+      if (::unlink((root_ / e.name).c_str()) == 0) {
+        total -= std::min<std::uint64_t>(total, e.size);
+        ++evicted;
+        log_debug("evicted cache entry {} ({} bytes) to stay under {} bytes", e.name, e.size, limit);
+      }
+    }
+    if (evicted > 0) {
+      log_info("cache {}: evicted {} least recently used entries to stay under {} bytes "
+               "(RAJIT_CACHE_MAX_BYTES)",
+               root_.string(), evicted, limit);
+    }
+    return evicted;
+  } catch (...) {
+    return 0;
   }
 }
 

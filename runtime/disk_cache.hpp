@@ -39,7 +39,11 @@ class DiskCache {
   /// Bytes before the key: magic, format version, key length.
   static constexpr std::size_t kPrefixBytes = 8 + 4 + 4;
 
-  /// `root` is created (mode 0700) on the first store(), not here.
+  /// Default bound on the total size of the entries (RAJIT_CACHE_MAX_BYTES overrides it).
+  static constexpr std::uint64_t kDefaultMaxBytes = std::uint64_t{4} << 30;
+
+  /// `root` is created (mode 0700) on the first store(), not here. The size bound is read from
+  /// $RAJIT_CACHE_MAX_BYTES (bytes; 0 = unbounded; invalid text warns and keeps the default).
   explicit DiskCache(std::filesystem::path root);
 
   /// $RAJIT_CACHE_DIR, else $XDG_CACHE_HOME/rajit/<version>, else $HOME/.cache/rajit/<version>,
@@ -103,14 +107,44 @@ class DiskCache {
   };
   Counters counters() const noexcept;
 
+  /// The bound on the summed size of all entries; 0 = unbounded. After each store() that takes
+  /// the total past it, the least recently used entries (by mtime; a hit refreshes it) are
+  /// removed under a directory-wide lock until the total fits. Temporary files of writers still
+  /// writing are never entries, so they are never evicted; the entry just stored is kept.
+  std::uint64_t max_bytes() const noexcept { return max_bytes_.load(std::memory_order_relaxed); }
+  void set_max_bytes(std::uint64_t bytes) noexcept { max_bytes_.store(bytes, std::memory_order_relaxed); }
+  /// Evicts as described at max_bytes(), never removing `keep`; returns how many entries went.
+  /// Also removes temporary files that crashed writers left more than an hour ago.
+  std::size_t evict_to_limit(const std::string& keep = {}) noexcept;
+
  private:
-  bool ensure_root() noexcept;
+  /// Creates the root (0700) if `create`, then checks that it is a directory owned by this user
+  /// and not writable by others: a group/other-writable one of ours loses those write bits with
+  /// a warning; a foreign one, or a shared sticky one like /tmp, is refused with one warning.
+  /// False: use no disk cache.
+  bool trusted_root(bool create) noexcept;
+  bool ensure_root() noexcept { return trusted_root(true); }
   std::optional<std::filesystem::path> write_atomically(const std::string& file_name,
                                                         std::span<const char> bytes) noexcept;
 
   std::filesystem::path root_;
+  std::atomic<std::uint64_t> max_bytes_{kDefaultMaxBytes};
+  std::atomic<bool> root_warned_{false};
   std::atomic<std::size_t> hits_{0}, misses_{0}, rejected_{0}, stores_{0}, store_failures_{0};
 };
+
+/// What parse_cache_entry() found: `problem` says why the bytes are unusable (worded to follow
+/// the file's name in a warning), or is nullopt and the payload is file[offset, offset + size).
+struct ParsedCacheEntry {
+  std::optional<std::string> problem;
+  std::size_t payload_offset = 0;
+  std::size_t payload_size = 0;
+};
+
+/// Validates the bytes of one entry file against the key it must hold: magic, format version,
+/// key length and bytes, payload length, SHA-256. Pure (no I/O), total over every input (the
+/// fuzz target tests/fuzz/cache_entry_fuzz.cpp holds it to that). Throws: std::bad_alloc only.
+ParsedCacheEntry parse_cache_entry(std::span<const char> file, std::string_view full_key);
 
 /// Encodes one entry (exposed so tests can build corrupt ones). Throws: std::bad_alloc only.
 std::vector<char> encode_cache_entry(std::string_view full_key, std::span<const char> payload,

@@ -198,8 +198,11 @@ Kernel KernelCache::build(const KernelRequest& request, const std::string& key,
   try {
     module = std::make_shared<const Module>(cubin.bytes, module_name);
   } catch (const DriverError& e) {
+    // Every "this image is not for this driver/GPU" answer; not out-of-memory and the like.
     const bool bad_image = e.result() == CUDA_ERROR_INVALID_IMAGE ||
-                           e.result() == CUDA_ERROR_NO_BINARY_FOR_GPU;
+                           e.result() == CUDA_ERROR_NO_BINARY_FOR_GPU ||
+                           e.result() == CUDA_ERROR_INVALID_PTX ||
+                           e.result() == CUDA_ERROR_UNSUPPORTED_PTX_VERSION;
     if (!cubin.from_disk || !bad_image) throw;
     // A cubin that passed its checksum but not the driver was written by a different toolchain
     // or for a different GPU under the same key; rebuilding it once is cheap and self-healing.

@@ -1,7 +1,9 @@
 /// Module loading/unloading and kernel launch, including the >48 KiB dynamic shared memory opt-in.
 #include "runtime/module.hpp"
 
+#include <cstring>
 #include <utility>
+#include <vector>
 
 #include "runtime/driver.hpp"
 #include "runtime/log.hpp"
@@ -24,9 +26,18 @@ void ModuleUnload::operator()(CUmod_st* module) const noexcept {
 
 Module::Module(std::span<const char> image, std::string name) : name_(std::move(name)) {
   const DriverApi& api = driver();
+  // cuModuleLoadData takes no length: an image that is not ELF is read as NUL-terminated PTX
+  // text, so corrupt bytes without a terminator would be read past their end. Give them one.
+  std::vector<char> terminated;
+  const char* data = image.data();
+  const bool elf = image.size() >= 4 && std::memcmp(image.data(), "\x7f" "ELF", 4) == 0;
+  if (!elf && (image.empty() || image.back() != '\0')) {
+    terminated.assign(image.begin(), image.end());
+    terminated.push_back('\0');
+    data = terminated.data();
+  }
   CUmodule raw = nullptr;
-  RAJIT_CU_CHECK(api.cuModuleLoadData(&raw, image.data()), "loading {} ({} bytes)", name_,
-                 image.size());
+  RAJIT_CU_CHECK(api.cuModuleLoadData(&raw, data), "loading {} ({} bytes)", name_, image.size());
   handle_.reset(raw);
 }
 

@@ -635,76 +635,123 @@ int cmd_cache(bool list, const std::vector<std::string>& names, bool all) {
   return rc;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The command line's grammar, separate from main() so the fuzz target (tests/fuzz) can parse argv
+// without running anything.
+struct Cli {
   CLI::App app{"rajit: JIT kernels for Reciprocal Attention (RA)"};
-  app.require_subcommand(1);
   SpecFlags sf;
   GenFlags gf;
   RunFlags rf;
-  auto* info = app.add_subcommand("info", "driver, NVRTC, GPUs and the cache directory");
-  auto* genc = app.add_subcommand("gen", "generate .cu/.ptx/.cubin files and a manifest offline");
-  sf.add_to(*genc);
-  genc->add_option("--arch", gf.archs, "target archs: sm_80, sm_86, sm_89, sm_90, sm_90a")
-      ->delimiter(',')->capture_default_str();
-  genc->add_option("--emit", gf.emit, "what to write: cu, ptx, cubin")->delimiter(',')->capture_default_str();
-  genc->add_option("--out", gf.out, "output folder")->capture_default_str();
-  genc->add_option("--bundle", gf.bundle, "write a deployable bundle (cubins + manifest.json with "
-                                          "routes; load it with RAJIT_BUNDLE=DIR) into this folder");
-  genc->add_option("--tune-file", gf.tune_file, "with --bundle: bundle every entry of this tune "
-                                                "file (e.g. $RAJIT_CACHE_DIR/tune.json)");
-  genc->add_option("--shapes", gf.shapes, "with --bundle: BxHxT[xTk] shapes (ranges start:end[:*k]) "
-                                          "routed to the heuristic tile")->delimiter(',');
-  auto* run = app.add_subcommand("run", "run one spec and shape on the GPU and check it against the "
-                                        "float64 reference (compile only without a GPU)");
-  sf.add_to(*run);
-  run->add_option("--layout", rf.layout, "separate, strided, paired or folded")->capture_default_str();
-  run->add_option("--seed", rf.seed, "random seed of the inputs")->capture_default_str();
-  run->add_option("--iters", rf.iters, "timed launches (median reported)")->capture_default_str();
-  run->add_flag("--per-batch-bias", rf.per_batch_bias, "one bias vector per batch entry");
   BenchFlags bf;
-  auto* bench = app.add_subcommand("bench", "time specs over shapes (CUDA events, median; FlashAttention "
-                                            "TFLOP/s) beside the r = 0, no-bias baseline");
-  sf.add_to(*bench);
-  bench->add_option("--shapes", bf.shapes, "BxHxT[xTk] list, e.g. 4x16x4096,2x16x8192")->delimiter(',');
-  bench->add_flag("--sweep", bf.sweep, "time every valid tile shape");
-  bench->add_flag("--no-baseline", bf.no_baseline, "skip the r = 0, no-bias rows");
-  bench->add_flag("--dispatch", bf.dispatch, "also measure host dispatch time per call");
-  bench->add_flag("--backward", bf.backward,
-                  "time forward + backward (all gradients; TFLOP/s from 3.5 x forward FLOPs)");
-  bench->add_flag("--deterministic", bf.deterministic,
-                  "with --backward: also time the deterministic backward");
-  bench->add_option("--format", bf.format, "table, csv or json")->capture_default_str();
-  bench->add_option("--iters", bf.iters, "timed launches per row")->capture_default_str();
-  bench->add_option("--warmup", bf.warmup, "untimed launches first")->capture_default_str();
   TuneFlags tf;
-  auto* tunec = app.add_subcommand("tune", "time every valid tile shape per spec and shape, verify "
-                                           "each against the heuristic default, keep the fastest in "
-                                           "the tune cache ($RAJIT_TUNE_FILE or <cache>/tune.json)");
-  sf.add_to(*tunec);
-  tunec->add_option("--shapes", tf.shapes, "BxHxT[xTk] list; any dimension may be a range "
-                                           "start:end[:step] (step +k or *k, default *2)")->delimiter(',');
-  tunec->add_option("--format", tf.format, "table, csv or json")->capture_default_str();
-  tunec->add_option("-o,--output", tf.output, "write the results here instead of stdout");
-  tunec->add_flag("--dry-run", tf.dry_run, "list the candidates (valid and invalid) without a GPU");
-  tunec->add_option("--arch", tf.arch, "with --dry-run: the arch whose limits apply (default sm_90)");
-  tunec->add_flag("--force", tf.force, "re-tune buckets already in the tune cache");
-  tunec->add_flag("--no-save", tf.no_save, "do not write the tune cache");
-  tunec->add_option("--export", tf.export_to, "write every usable tune-cache entry to this file "
-                                              "(load it on every rank with RAJIT_TUNE_FILE) and exit");
-  tunec->add_option("--iters", tf.iters, "timed launches per candidate")->capture_default_str();
-  tunec->add_option("--warmup", tf.warmup, "untimed launches per candidate")->capture_default_str();
-  tunec->add_option("--threads", tf.threads, "compile threads (0 = min(cores, 8))")->capture_default_str();
-  auto* cache = app.add_subcommand("cache", "the on-disk kernel cache ($RAJIT_CACHE_DIR)");
-  cache->require_subcommand(1);
-  auto* ls = cache->add_subcommand("ls", "list cached kernels");
-  auto* rm = cache->add_subcommand("rm", "remove cached kernels");
   std::vector<std::string> rm_names;
   bool rm_all = false;
-  rm->add_option("names", rm_names, "entry names (see `rajit cache ls`)");
-  rm->add_flag("--all", rm_all, "remove every entry");
+  CLI::App *info, *genc, *run, *bench, *tunec, *cache, *ls, *rm;
 
+  Cli() {
+    app.require_subcommand(1);
+    info = app.add_subcommand("info", "driver, NVRTC, GPUs and the cache directory");
+    genc = app.add_subcommand("gen", "generate .cu/.ptx/.cubin files and a manifest offline");
+    sf.add_to(*genc);
+    genc->add_option("--arch", gf.archs, "target archs: sm_80, sm_86, sm_89, sm_90, sm_90a")
+        ->delimiter(',')->capture_default_str();
+    genc->add_option("--emit", gf.emit, "what to write: cu, ptx, cubin")->delimiter(',')->capture_default_str();
+    genc->add_option("--out", gf.out, "output folder")->capture_default_str();
+    genc->add_option("--bundle", gf.bundle, "write a deployable bundle (cubins + manifest.json with "
+                                            "routes; load it with RAJIT_BUNDLE=DIR) into this folder");
+    genc->add_option("--tune-file", gf.tune_file, "with --bundle: bundle every entry of this tune "
+                                                  "file (e.g. $RAJIT_CACHE_DIR/tune.json)");
+    genc->add_option("--shapes", gf.shapes, "with --bundle: BxHxT[xTk] shapes (ranges start:end[:*k]) "
+                                            "routed to the heuristic tile")->delimiter(',');
+    run = app.add_subcommand("run", "run one spec and shape on the GPU and check it against the "
+                                          "float64 reference (compile only without a GPU)");
+    sf.add_to(*run);
+    run->add_option("--layout", rf.layout, "separate, strided, paired or folded")->capture_default_str();
+    run->add_option("--seed", rf.seed, "random seed of the inputs")->capture_default_str();
+    run->add_option("--iters", rf.iters, "timed launches (median reported)")->capture_default_str();
+    run->add_flag("--per-batch-bias", rf.per_batch_bias, "one bias vector per batch entry");
+    bench = app.add_subcommand("bench", "time specs over shapes (CUDA events, median; FlashAttention "
+                                              "TFLOP/s) beside the r = 0, no-bias baseline");
+    sf.add_to(*bench);
+    bench->add_option("--shapes", bf.shapes, "BxHxT[xTk] list, e.g. 4x16x4096,2x16x8192")->delimiter(',');
+    bench->add_flag("--sweep", bf.sweep, "time every valid tile shape");
+    bench->add_flag("--no-baseline", bf.no_baseline, "skip the r = 0, no-bias rows");
+    bench->add_flag("--dispatch", bf.dispatch, "also measure host dispatch time per call");
+    bench->add_flag("--backward", bf.backward,
+                    "time forward + backward (all gradients; TFLOP/s from 3.5 x forward FLOPs)");
+    bench->add_flag("--deterministic", bf.deterministic,
+                    "with --backward: also time the deterministic backward");
+    bench->add_option("--format", bf.format, "table, csv or json")->capture_default_str();
+    bench->add_option("--iters", bf.iters, "timed launches per row")->capture_default_str();
+    bench->add_option("--warmup", bf.warmup, "untimed launches first")->capture_default_str();
+    tunec = app.add_subcommand("tune", "time every valid tile shape per spec and shape, verify "
+                                             "each against the heuristic default, keep the fastest in "
+                                             "the tune cache ($RAJIT_TUNE_FILE or <cache>/tune.json)");
+    sf.add_to(*tunec);
+    tunec->add_option("--shapes", tf.shapes, "BxHxT[xTk] list; any dimension may be a range "
+                                             "start:end[:step] (step +k or *k, default *2)")->delimiter(',');
+    tunec->add_option("--format", tf.format, "table, csv or json")->capture_default_str();
+    tunec->add_option("-o,--output", tf.output, "write the results here instead of stdout");
+    tunec->add_flag("--dry-run", tf.dry_run, "list the candidates (valid and invalid) without a GPU");
+    tunec->add_option("--arch", tf.arch, "with --dry-run: the arch whose limits apply (default sm_90)");
+    tunec->add_flag("--force", tf.force, "re-tune buckets already in the tune cache");
+    tunec->add_flag("--no-save", tf.no_save, "do not write the tune cache");
+    tunec->add_option("--export", tf.export_to, "write every usable tune-cache entry to this file "
+                                                "(load it on every rank with RAJIT_TUNE_FILE) and exit");
+    tunec->add_option("--iters", tf.iters, "timed launches per candidate")->capture_default_str();
+    tunec->add_option("--warmup", tf.warmup, "untimed launches per candidate")->capture_default_str();
+    tunec->add_option("--threads", tf.threads, "compile threads (0 = min(cores, 8))")->capture_default_str();
+    cache = app.add_subcommand("cache", "the on-disk kernel cache ($RAJIT_CACHE_DIR)");
+    cache->require_subcommand(1);
+    ls = cache->add_subcommand("ls", "list cached kernels");
+    rm = cache->add_subcommand("rm", "remove cached kernels");
+    rm->add_option("names", rm_names, "entry names (see `rajit cache ls`)");
+    rm->add_flag("--all", rm_all, "remove every entry");
+  }
+};
+
+}  // namespace
+
+#ifdef RAJIT_CLI_FUZZING
+/// Parses argv as main() does and validates the spec, shape and tile flags, running nothing.
+/// Returns 0 (valid), 2 (usage error). Anything else escaping is a bug the fuzzer reports.
+int rajit_cli_parse_only(int argc, char** argv) {
+  Cli cli;
+  try {
+    cli.app.parse(argc, argv);
+  } catch (const CLI::ParseError&) {
+    return kExitUsage;
+  }
+  try {
+    if (*cli.genc || *cli.run || *cli.bench || *cli.tunec) {
+      (void)cli.sf.specs();
+      (void)cli.sf.shape();
+      (void)cli.sf.pinned();
+    }
+    if (*cli.bench) {
+      for (const auto& t : cli.bf.shapes) (void)parse_shape(t);
+    }
+    if (*cli.genc) {
+      for (const auto& a : cli.gf.archs) (void)gen::parse_arch(a);
+    }
+  } catch (const gen::SpecError&) {
+    return kExitUsage;
+  }
+  return kExitOk;
+}
+#else
+int main(int argc, char** argv) {
+  Cli cli;
+  CLI::App& app = cli.app;
+  const SpecFlags& sf = cli.sf;
+  const GenFlags& gf = cli.gf;
+  const RunFlags& rf = cli.rf;
+  const BenchFlags& bf = cli.bf;
+  const TuneFlags& tf = cli.tf;
+  const auto& rm_names = cli.rm_names;
+  const bool& rm_all = cli.rm_all;
+  CLI::App *info = cli.info, *genc = cli.genc, *run = cli.run, *bench = cli.bench,
+           *tunec = cli.tunec, *cache = cli.cache, *ls = cli.ls, *rm = cli.rm;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -744,3 +791,4 @@ int main(int argc, char** argv) {
   }
   return kExitUsage;
 }
+#endif  // RAJIT_CLI_FUZZING

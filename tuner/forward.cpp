@@ -9,6 +9,7 @@
 
 #include "generator/kernel_source.hpp"
 #include "runtime/driver.hpp"
+#include "runtime/error.hpp"
 #include "runtime/kernel_cache.hpp"
 #include "runtime/module.hpp"
 #include "templates/attention/limits.cuh"
@@ -26,6 +27,26 @@ constexpr long long kMaxGridY = 65535;
 using detail::check_view;
 using detail::device_facts;
 using detail::DeviceFacts;
+
+// Compiling (seconds) or loading a module while `stream` records a CUDA graph would stall the
+// capture or invalidate it with an obscure driver error; the first call for a kernel must come
+// before capture (a warm-up), after which capturing only records the launch.
+void refuse_if_capturing(CUstream stream, const gen::AttentionSpec& s, const gen::TileConfig& t) {
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  const CUresult r = rt::driver().cuStreamIsCapturing(stream, &status);
+  // IMPLICIT: the legacy stream while another stream captures globally; that is capture too.
+  if (r == CUDA_SUCCESS && status == CU_STREAM_CAPTURE_STATUS_NONE) return;
+  if (r != CUDA_SUCCESS && r != CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) {
+    RAJIT_CU_CHECK(r, "asking whether stream {} is capturing a CUDA graph",
+                   static_cast<const void*>(stream));
+  }
+  throw rt::Error(fmt::format(
+      "forward: spec {} tile {} is not loaded in this context yet, and stream {} is capturing a "
+      "CUDA graph: compiling or loading a kernel during capture is refused. Call rajit::forward "
+      "once with the same spec and shape before capturing (a warm-up); later calls capture and "
+      "replay normally",
+      s.key(), t.key(), static_cast<const void*>(stream)));
+}
 
 struct HotEntry {
   rt::Kernel kernel;
@@ -113,6 +134,7 @@ LaunchRecord forward(const ForwardArgs& a) {
     if (auto it = hot.find(hot_key); it != hot.end()) entry = it->second;
   }
   if (!entry.kernel.fn) {
+    refuse_if_capturing(a.stream, s, tile);
     const gen::GeneratedSource src = gen::generate_forward(s, tile);
     rt::KernelRequest req;
     req.readable_name = src.readable_key;

@@ -72,7 +72,9 @@ struct LaunchRecord {
 /// (logged on stderr) or loads from the disk cache; later calls only launch.
 /// Thread-safe. Asynchronous: returns once the kernel is enqueued.
 /// Throws: gen::SpecError (bad spec or pinned tile), ArgumentError (bad tensors), rt::CompileError,
-/// rt::DriverError, rt::NoDriverError, BundleError (RAJIT_BUNDLE unusable, cubin hash mismatch).
+/// rt::DriverError, rt::NoDriverError, BundleError (RAJIT_BUNDLE unusable, cubin hash mismatch);
+/// rt::Error when the kernel is not loaded yet and args.stream is capturing a CUDA graph (warm up
+/// before capture: docs/reliability.md).
 LaunchRecord forward(const ForwardArgs& args);
 
 }  // namespace rajit::tune
