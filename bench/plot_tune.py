@@ -45,8 +45,10 @@ def main() -> int:
         print(f"{' '.join(args.sweep)}: no rows", file=sys.stderr)
         return 1
 
-    def tile_order(key):  # bm64.bn32.w4.s2 -> (64, 32, 4, 2)
-        return tuple(int("".join(ch for ch in part if ch.isdigit())) for part in key.split("."))
+    def tile_order(key):  # bm64.bn32.w4.s2 -> (False, 64, 32, 4, 2); wgmma tiles sort last
+        parts = key.split(".")
+        nums = tuple(int("".join(ch for ch in p if ch.isdigit())) for p in parts[:4])
+        return (len(parts) > 4,) + nums
 
     tiles = sorted({r["tile"] for r in rows}, key=tile_order)
     columns = []
