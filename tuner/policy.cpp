@@ -182,9 +182,9 @@ TileDecision choose_forward_tile(const gen::AttentionSpec& spec, const Shape& sh
   const std::string arch = fmt::format("sm_{}", cc);
   if (policy != TunePolicy::kOff) {
     if (auto bundle = active_bundle()) {
-      in.bundle_route = bundle->route(spec_key, bucket_key, arch);
-      // A bundle made for sm_90a (with wgmma kernels) serves sm_90 devices too.
-      if (!in.bundle_route && cc == 90) in.bundle_route = bundle->route(spec_key, bucket_key, "sm_90a");
+      // On sm_90 a bundle's sm_90a routes (the wgmma kernels) come first, then its sm_90 ones.
+      if (cc == 90) in.bundle_route = bundle->route(spec_key, bucket_key, "sm_90a");
+      if (!in.bundle_route) in.bundle_route = bundle->route(spec_key, bucket_key, arch);
       if (!in.bundle_route) {
         rt::log_info("bundle {} has no route for {} {} on {}: using the tune cache or heuristic "
                      "and NVRTC",
