@@ -415,6 +415,12 @@ std::vector<DiskCache::EntryInfo> DiskCache::list() const {
   for (fs::directory_iterator it(root_, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (name.empty() || name.front() == '.') continue;
+    // Only entries: other files may share the folder (the tuner's tune.json) and must never be
+    // listed, removed by `cache rm --all` or evicted by the size bound.
+    if (name.size() <= kEntrySuffix.size() ||
+        name.compare(name.size() - kEntrySuffix.size(), kEntrySuffix.size(), kEntrySuffix) != 0) {
+      continue;
+    }
     std::error_code entry_ec;
     if (!it->is_regular_file(entry_ec) || it->is_symlink(entry_ec)) continue;
     EntryInfo info;

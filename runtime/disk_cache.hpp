@@ -69,7 +69,10 @@ class DiskCache {
     std::uintmax_t size = 0;
     std::filesystem::file_time_type mtime;
   };
-  /// Regular files in the root, sorted by name; temporary and lock files are skipped.
+  /// Entry files ("*.cubin") are the only files the cache lists, removes or evicts.
+  static constexpr std::string_view kEntrySuffix = ".cubin";
+  /// Entry files (regular, named "*.cubin") in the root, sorted by name; temporary, lock and
+  /// other files (e.g. the tuner's tune.json) are skipped.
   /// A missing root lists as empty. Throws: nothing but std::bad_alloc.
   std::vector<EntryInfo> list() const;
   /// Removes every listed file (and stale temporary/lock files); returns how many listed files

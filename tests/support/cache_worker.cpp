@@ -1,6 +1,8 @@
 /// A child process for the cache concurrency and kill tests: compiles keys into a shared cache dir, or writes entries until killed.
 // Usage:
 //   rajit_cache_worker DIR fake KEY...     fake compiler (50 ms per compile); prints "compiles N"
+//   rajit_cache_worker DIR fake-tune KEY... the same, then records one tune-file entry per key
+//                                          into DIR/tune.json (as `rajit tune` does, under its lock)
 //   rajit_cache_worker DIR nvrtc KEY...    real NVRTC, a tiny kernel per key; prints "compiles N"
 //   rajit_cache_worker DIR writer BYTES    stores self-checking entries under one name forever
 // Exit 0 when every key's cubin came back as expected, 1 otherwise, 2 on usage errors.
@@ -11,9 +13,11 @@
 #include <thread>
 #include <vector>
 
+#include "generator/render.hpp"
 #include "runtime/disk_cache.hpp"
 #include "runtime/kernel_cache.hpp"
 #include "tests/support/cache_worker.hpp"
+#include "tuner/tune_cache.hpp"
 
 namespace {
 
@@ -52,6 +56,27 @@ int compile_keys(const std::string& dir, bool fake, const std::vector<std::strin
   return ok ? 0 : 1;
 }
 
+// One tune entry per key (a distinct shape bucket per key), recorded through the same TuneStore
+// path the tuner uses: flock, re-read, merge, temporary file, rename.
+bool record_tune_entries(const std::string& dir, const std::vector<std::string>& keys) {
+  rajit::tune::TuneStore store{std::filesystem::path(dir) / "tune.json"};
+  std::vector<rajit::tune::TuneEntry> entries;
+  for (const std::string& key : keys) {
+    rajit::tune::TuneEntry e;
+    e.device = rajit::test::kWorkerTuneDevice;
+    e.spec = "fwd.bf16.ds56.r8.d64.causal.colbias";
+    e.bucket = rajit::test::worker_tune_bucket(key);
+    e.template_set_hash = rajit::gen::template_set_hash();
+    e.tile = rajit::gen::TileConfig{64, 64, 4, 2};
+    e.default_tile = e.tile;
+    e.ms = e.default_ms = 1.0;
+    e.candidates = 1;
+    e.shape = "1x1x1x1";
+    entries.push_back(e);
+  }
+  return store.record(entries, rajit::tune::current_meta());
+}
+
 [[noreturn]] void write_forever(const std::string& dir, std::size_t bytes) {
   rajit::rt::DiskCache cache{std::filesystem::path(dir)};
   for (std::uint64_t seed = static_cast<std::uint64_t>(::getpid()) << 20;; ++seed) {
@@ -69,6 +94,12 @@ int main(int argc, char** argv) {
   }
   const std::string dir = argv[1], mode = argv[2];
   if (mode == "writer") write_forever(dir, std::strtoull(argv[3], nullptr, 10));
-  if (mode != "fake" && mode != "nvrtc") return 2;
-  return compile_keys(dir, mode == "fake", std::vector<std::string>(argv + 3, argv + argc));
+  if (mode != "fake" && mode != "fake-tune" && mode != "nvrtc") return 2;
+  const std::vector<std::string> keys(argv + 3, argv + argc);
+  const int rc = compile_keys(dir, mode != "nvrtc", keys);
+  if (mode == "fake-tune" && !record_tune_entries(dir, keys)) {
+    std::fprintf(stderr, "worker: the tune file was not written\n");
+    return 1;
+  }
+  return rc;
 }

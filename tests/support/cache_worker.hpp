@@ -21,6 +21,15 @@ namespace rajit::test {
 inline constexpr const char* kVictimName = "victim.sm90.nvrtcfake.0123456789abcdef.cubin";
 inline constexpr const char* kVictimKey = "victim-key";
 
+// The tune entries "fake-tune" workers record: one device, one bucket per worker key.
+inline constexpr const char* kWorkerTuneDevice = "fake_gpu.sm90.132sm";
+inline std::string worker_tune_bucket(const std::string& key) {
+  std::size_t h = 0;  // a stable, distinct power of two per key (keys are short ASCII names)
+  for (char c : key) h = h * 31 + static_cast<unsigned char>(c);
+  const int t = 1 << (4 + static_cast<int>(h % 12));
+  return "tq" + std::to_string(t) + ".tk" + std::to_string(t) + ".bh1";
+}
+
 /// The fake compiler's output: arch and source, so a test can tell which entry was served.
 inline std::string fake_cubin_for(const std::string& arch, const std::string& source) {
   return "CUBIN:" + arch + ":" + source;

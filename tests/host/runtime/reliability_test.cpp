@@ -27,6 +27,7 @@
 #include "runtime/kernel_cache.hpp"
 #include "tests/host/runtime/runtime_test_support.hpp"
 #include "tests/support/cache_worker.hpp"
+#include "tuner/tune_cache.hpp"
 
 namespace fs = std::filesystem;
 using rajit::rt::CompileRequest;
@@ -84,14 +85,18 @@ void write_bytes(const fs::path& p, const std::vector<char>& bytes) {
 
 }  // namespace
 
-TEST_CASE("concurrency: 16 processes compiling shared and distinct keys into one fresh cache "
-          "all succeed, every entry validates and each key compiles once") {
+TEST_CASE("concurrency: 16 processes compiling shared and distinct keys into one fresh cache, "
+          "half of them also recording tune entries, all succeed, every entry validates and each "
+          "key compiles once") {
   TempDir tmp;
   const fs::path dir = tmp.path() / "fresh" / "cache";  // created by the racing processes
   const std::vector<std::string> keys = {"shared", "k0", "k1", "k2", "k3"};
   std::vector<Child> children;
   for (int i = 0; i < 16; ++i) {
-    std::vector<std::string> args = {dir.string(), "fake", "shared", "k" + std::to_string(i % 4)};
+    // Odd workers also tune: they write tune.json (lock, re-read, merge, rename) while the others
+    // compile.
+    std::vector<std::string> args = {dir.string(), i % 2 == 1 ? "fake-tune" : "fake", "shared",
+                                     "k" + std::to_string(i % 4)};
     if (i % 2 == 1) std::swap(args[2], args[3]);
     children.push_back(spawn_worker(args));
   }
@@ -118,6 +123,16 @@ TEST_CASE("concurrency: 16 processes compiling shared and distinct keys into one
   CHECK(compiler.calls == 0);
   CHECK(cache.disk()->counters().rejected == 0);
   CHECK(cache.disk()->list().size() == keys.size());
+  // The tune file the tuning half (odd workers: keys "shared", k1, k3) wrote at once parses and
+  // holds one entry per key it tuned; the cache did not list it as an entry.
+  const rajit::tune::TuneFile tuned = rajit::tune::read_tune_file(dir / "tune.json");
+  const std::vector<std::string> tuned_keys = {"shared", "k1", "k3"};
+  CHECK(tuned.entries.size() == tuned_keys.size());
+  for (const std::string& key : tuned_keys) {
+    const std::string bucket = rajit::test::worker_tune_bucket(key);
+    CHECK(std::count_if(tuned.entries.begin(), tuned.entries.end(),
+                        [&](const auto& e) { return e.bucket == bucket; }) == 1);
+  }
   for (const auto& e : fs::directory_iterator(dir)) {
     CHECK(e.path().filename().string().find(".tmp.") == std::string::npos);
   }
@@ -473,3 +488,22 @@ TEST_CASE("hygiene: the library never runs a shell or another program") {
 // bytes ...", "TuneStore: a corrupt file is reported once ...", "TuneStore: entries of another
 // template set or device ...", "TuneStore: version drift is a warning, once ...", "TuneStore: eight
 // processes recording at once ..."); tests/fuzz/tune_file_fuzz.cpp fuzzes parse_tune_file.
+
+TEST_CASE("hygiene: files that are not entries (the tune file) are never listed, evicted or removed") {
+  TempDir tmp;
+  DiskCache cache{tmp.path()};
+  {
+    std::ofstream tune(tmp.path() / "tune.json");
+    tune << R"({"format":"rajit-tune","version":1,"entries":[]})";
+  }
+  cache.set_max_bytes(2 * 1100);  // two ~1 KiB entries fit; a third forces an eviction
+  const std::vector<char> payload(1000, 'p');
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(cache.store("e" + std::to_string(i) + ".cubin", "key" + std::to_string(i), payload));
+  }
+  CHECK(cache.list().size() == 2);
+  for (const auto& e : cache.list()) CHECK(e.name != "tune.json");
+  CHECK(fs::exists(tmp.path() / "tune.json"));
+  CHECK(cache.remove_all() == 2);
+  CHECK(fs::exists(tmp.path() / "tune.json"));
+}
