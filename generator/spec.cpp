@@ -169,9 +169,9 @@ void validate_wgmma(std::vector<std::string>& out, const AttentionSpec& s, const
         list_ints(attn::kWgmmaBlockNs, std::size(attn::kWgmmaBlockNs))));
   }
   if (bad & attn::kBadWgmmaStages) {
-    out.push_back(fmt::format("stages={}: wgmma tiles need exactly {} (two key tiles in flight "
-                              "while a third loads)",
-                              t.stages, attn::kWgmmaStages));
+    out.push_back(fmt::format("stages={}: wgmma tiles need {} or {} (two key tiles in use while "
+                              "the others load)",
+                              t.stages, attn::kWgmmaMinStages, attn::kWgmmaMaxStages));
   }
   if (bad & attn::kBadWgmmaHeadDim) {
     out.push_back(fmt::format("head_dim={}: wgmma tiles support head_dim {}; use an mma.sync tile",
@@ -265,13 +265,13 @@ std::vector<TileConfig> valid_tiles(const AttentionSpec& s, int max_shared_bytes
   if (!with_wgmma) return out;
   for (int bm : attn::kWgmmaBlockMs)
     for (int bn : attn::kWgmmaBlockNs)
-    {
-      const TileConfig t{bm, bn, bm / 16, attn::kWgmmaStages, MmaKind::kWgmma};
-      if (attn::check_wgmma_tile(s.d_std, s.r, s.head_dim, bm, bn, bm / 16, t.stages,
-                                 max_shared_bytes) == 0) {
-        out.push_back(t);
+      for (int st = attn::kWgmmaMinStages; st <= attn::kWgmmaMaxStages; ++st) {
+        const TileConfig t{bm, bn, bm / 16, st, MmaKind::kWgmma};
+        if (attn::check_wgmma_tile(s.d_std, s.r, s.head_dim, bm, bn, bm / 16, st,
+                                   max_shared_bytes) == 0) {
+          out.push_back(t);
+        }
       }
-    }
   return out;
 }
 

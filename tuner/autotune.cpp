@@ -70,19 +70,20 @@ std::vector<Candidate> search_space(const gen::AttentionSpec& spec, const Shape&
           }
           out.push_back(std::move(c));
         }
-  if (cc == 90) {  // the Hopper family: one warpgroup per 64 rows, three stages
+  if (cc == 90) {  // the Hopper family: one warpgroup per 64 rows, three or four stages
     for (int bm : attn::kWgmmaBlockMs)
-      for (int bn : attn::kWgmmaBlockNs) {
-        Candidate c;
-        c.tile = gen::TileConfig{bm, bn, bm / 16, attn::kWgmmaStages, gen::MmaKind::kWgmma};
-        c.is_default = c.tile == def;
-        const auto problems = gen::validate(spec, c.tile, max_shared_bytes);
-        if (!problems.empty()) {
-          c.status = CandidateStatus::kInvalid;
-          for (const auto& p : problems) c.reason += (c.reason.empty() ? "" : "; ") + p;
+      for (int bn : attn::kWgmmaBlockNs)
+        for (int st = attn::kWgmmaMinStages; st <= attn::kWgmmaMaxStages; ++st) {
+          Candidate c;
+          c.tile = gen::TileConfig{bm, bn, bm / 16, st, gen::MmaKind::kWgmma};
+          c.is_default = c.tile == def;
+          const auto problems = gen::validate(spec, c.tile, max_shared_bytes);
+          if (!problems.empty()) {
+            c.status = CandidateStatus::kInvalid;
+            for (const auto& p : problems) c.reason += (c.reason.empty() ? "" : "; ") + p;
+          }
+          out.push_back(std::move(c));
         }
-        out.push_back(std::move(c));
-      }
   }
   return out;
 }

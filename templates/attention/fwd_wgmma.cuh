@@ -50,7 +50,7 @@ struct WgmmaFwdConfig {
   static constexpr int kVBytes = kBlockN * kVSlices * 128;
   static constexpr int kStageBytes = kKBytes + kVBytes;
   static constexpr int kBiasOffset = kQoBytes + kStages * kStageBytes;  // kStages x kBlockN fp32
-  static constexpr int kBiasBytes = round_up(kStages * kBlockN * 4, 1024);
+  static constexpr int kBiasBytes = round_up(kStages * kBlockN * 4 + 64, 1024);
   static constexpr int kSharedBytes = 1024 + kBiasOffset + kBiasBytes;
   // Two mbarriers per stage (landed, released) live in the last 64 bytes of the bias region.
   static constexpr int kBarrierOffset = kBiasOffset + kBiasBytes - 64;

@@ -138,9 +138,10 @@ inline constexpr int kWgmmaMaxAccumulators = 96;     // S + O fp32 registers per
 enum WgmmaRule : unsigned {
   kBadWgmmaHeadDim = 1u << 7,  // head_dim: 64 or 128 for wgmma tiles
   kBadWgmmaShape = 1u << 8,    // block_m in {64, 128, 192}, block_n in {64, 128}, warps = block_m / 16
-  kBadWgmmaStages = 1u << 9,   // stages: exactly 3 (the loop keeps two key tiles in flight)
+  kBadWgmmaStages = 1u << 9,   // stages: 3 or 4 (two key tiles in use while the rest load)
 };
-inline constexpr int kWgmmaStages = 3;
+inline constexpr int kWgmmaMinStages = 3;
+inline constexpr int kWgmmaMaxStages = 4;
 
 /// 128-byte swizzle atoms are 64 elements wide: the contraction and V are stored as such slices.
 RAJIT_HOST_DEVICE constexpr int wgmma_slices(int cols) { return (cols + 63) / 64; }
@@ -157,7 +158,7 @@ RAJIT_HOST_DEVICE constexpr int wgmma_fwd_shared_bytes(int d_std, int r, int hea
   const int per_stage = block_n * wgmma_slices(padded_contraction(d_std, r)) * 128 +
                         block_n * wgmma_slices(head_dim) * 128;
   return 1024 + (q > o ? q : o) + stages * per_stage +
-         round_up(stages * block_n * 4, 1024);
+         round_up(stages * block_n * 4 + 64, 1024);  // bias vectors, then the stage mbarriers
 }
 
 /// Registers per thread the accumulators of a wgmma tile hold (S, O and the bf16 P fragments).
@@ -185,7 +186,7 @@ RAJIT_HOST_DEVICE constexpr unsigned check_wgmma_tile(int d_std, int r, int head
       warps * 16 != block_m) {
     bad |= kBadWgmmaShape;
   }
-  if (stages != kWgmmaStages) bad |= kBadWgmmaStages;
+  if (stages < kWgmmaMinStages || stages > kWgmmaMaxStages) bad |= kBadWgmmaStages;
   if (bad) return bad;
   if (check_spec(d_std, r, head_dim) != 0) return bad;
   if (!in_list(head_dim, kWgmmaHeadDims, sizeof(kWgmmaHeadDims) / sizeof(int))) {

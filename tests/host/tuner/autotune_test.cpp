@@ -35,9 +35,9 @@ Candidate timed(TileConfig t, double ms, bool is_default = false) {
 
 TEST_CASE("search_space: every grid point once, invalid ones with reasons, the heuristic marked") {
   const auto cs = rajit::tune::search_space(kSpec, {4, 16, 4096, 4096}, 90, kSm90Smem);
-  // sm_90: the 24 mma.sync grid points and the 6 wgmma ones (3 block_m x 2 block_n).
+  // sm_90: the 24 mma.sync grid points and the 12 wgmma ones (3 block_m x 2 block_n x 2 stage counts).
   const auto valid = rajit::gen::valid_tiles(kSpec, kSm90Smem, /*with_wgmma=*/true);
-  CHECK(cs.size() == 24 + 6);
+  CHECK(cs.size() == 24 + 12);
   int pending = 0, defaults = 0;
   for (const auto& c : cs) {
     if (c.status == CandidateStatus::kPending) ++pending;
@@ -131,14 +131,14 @@ TEST_CASE("run_candidates: the default is measured first; invalid ones are never
   rajit::tune::TuneOptions opt;
   opt.on_candidate = [&](const Candidate&, int, int count) {
     ++progress;
-    CHECK(count == 24 + 6);
+    CHECK(count == 24 + 12);
   };
   const auto ch = rajit::tune::run_candidates(cs, measure, opt);
   REQUIRE_FALSE(order.empty());
   for (const auto& c : cs) {
     if (c.is_default) CHECK(order.front() == c.tile.key());
   }
-  CHECK(progress == 24 + 6);
+  CHECK(progress == 24 + 12);
   CHECK(order.size() == rajit::gen::valid_tiles(kSpec, kSm90Smem, true).size());
   CHECK(cs[ch.winner].tile.key() == "bm128.bn32.w8.s2");
   rajit::tune::TuneResult r;
@@ -152,8 +152,8 @@ TEST_CASE("run_candidates: the default is measured first; invalid ones are never
   CHECK(e.tile.key() == "bm128.bn32.w8.s2");
   CHECK(e.ms == 0.5);
   CHECK(e.default_ms == 1.0);
-  CHECK(e.candidates == 24 + 6);
-  CHECK(r.summary().find("30 candidates:") == 0);
+  CHECK(e.candidates == 24 + 12);
+  CHECK(r.summary().find("36 candidates:") == 0);
   CHECK(r.summary().find("1 wrong output") != std::string::npos);
 }
 
