@@ -249,29 +249,28 @@ void require_valid(const AttentionSpec& s, const TileConfig& t, int max_shared_b
   }
 }
 
-std::vector<TileConfig> valid_tiles(const AttentionSpec& s, int max_shared_bytes,
-                                    bool with_wgmma) {
+std::vector<TileConfig> tile_grid(bool with_wgmma) {
   std::vector<TileConfig> out;
-  if (!validate(s).empty()) return out;
   for (int bm : attn::kBlockMs)
     for (int bn : attn::kBlockNs)
       for (int w : attn::kWarpCounts)
-        for (int st = attn::kMinStages; st <= attn::kMaxStages; ++st) {
-          const TileConfig t{bm, bn, w, st};
-          if (attn::check_tile(s.d_std, s.r, s.head_dim, bm, bn, w, st, max_shared_bytes) == 0) {
-            out.push_back(t);
-          }
-        }
+        for (int st = attn::kMinStages; st <= attn::kMaxStages; ++st) out.push_back({bm, bn, w, st});
   if (!with_wgmma) return out;
   for (int bm : attn::kWgmmaBlockMs)
     for (int bn : attn::kWgmmaBlockNs)
       for (int st = attn::kWgmmaMinStages; st <= attn::kWgmmaMaxStages; ++st) {
-        const TileConfig t{bm, bn, bm / 16, st, MmaKind::kWgmma};
-        if (attn::check_wgmma_tile(s.d_std, s.r, s.head_dim, bm, bn, bm / 16, st,
-                                   max_shared_bytes) == 0) {
-          out.push_back(t);
-        }
+        out.push_back({bm, bn, bm / 16, st, MmaKind::kWgmma});
       }
+  return out;
+}
+
+std::vector<TileConfig> valid_tiles(const AttentionSpec& s, int max_shared_bytes,
+                                    bool with_wgmma) {
+  std::vector<TileConfig> out;
+  if (!validate(s).empty()) return out;
+  for (const TileConfig& t : tile_grid(with_wgmma)) {
+    if (validate(s, t, max_shared_bytes).empty()) out.push_back(t);
+  }
   return out;
 }
 

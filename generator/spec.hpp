@@ -83,6 +83,10 @@ std::vector<std::string> validate(const AttentionSpec&, const TileConfig&, int m
 void require_valid(const AttentionSpec&);  ///< Throws: SpecError listing validate()'s problems
 void require_valid(const AttentionSpec&, const TileConfig&, int max_shared_bytes);
 
+/// Every point of the tile grid (block_m x block_n x warps x stages of each family, valid or
+/// not), in the order valid_tiles() and the tuner list them; the wgmma points follow when asked.
+std::vector<TileConfig> tile_grid(bool with_wgmma);
+
 /// Every TileConfig the shared validity rule accepts for this spec and shared-memory limit, in
 /// numeric (block_m, block_n, warps, stages) order (the tuner's search space); the wgmma tiles
 /// follow, in the same order, when `with_wgmma` (the device is sm_90).

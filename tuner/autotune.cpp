@@ -56,34 +56,15 @@ std::vector<Candidate> search_space(const gen::AttentionSpec& spec, const Shape&
   gen::require_valid(spec);
   const gen::TileConfig def = heuristic_tile(spec, shape, cc, max_shared_bytes);
   std::vector<Candidate> out;
-  for (int bm : attn::kBlockMs)
-    for (int bn : attn::kBlockNs)
-      for (int w : attn::kWarpCounts)
-        for (int st = attn::kMinStages; st <= attn::kMaxStages; ++st) {
-          Candidate c;
-          c.tile = gen::TileConfig{bm, bn, w, st};
-          c.is_default = c.tile == def;
-          const auto problems = gen::validate(spec, c.tile, max_shared_bytes);
-          if (!problems.empty()) {
-            c.status = CandidateStatus::kInvalid;
-            for (const auto& p : problems) c.reason += (c.reason.empty() ? "" : "; ") + p;
-          }
-          out.push_back(std::move(c));
-        }
-  if (cc == 90) {  // the Hopper family: one warpgroup per 64 rows, three or four stages
-    for (int bm : attn::kWgmmaBlockMs)
-      for (int bn : attn::kWgmmaBlockNs)
-        for (int st = attn::kWgmmaMinStages; st <= attn::kWgmmaMaxStages; ++st) {
-          Candidate c;
-          c.tile = gen::TileConfig{bm, bn, bm / 16, st, gen::MmaKind::kWgmma};
-          c.is_default = c.tile == def;
-          const auto problems = gen::validate(spec, c.tile, max_shared_bytes);
-          if (!problems.empty()) {
-            c.status = CandidateStatus::kInvalid;
-            for (const auto& p : problems) c.reason += (c.reason.empty() ? "" : "; ") + p;
-          }
-          out.push_back(std::move(c));
-        }
+  for (const gen::TileConfig& t : gen::tile_grid(/*with_wgmma=*/cc == 90)) {
+    Candidate c;
+    c.tile = t;
+    c.is_default = t == def;
+    for (const auto& p : gen::validate(spec, t, max_shared_bytes)) {
+      c.status = CandidateStatus::kInvalid;
+      c.reason += (c.reason.empty() ? "" : "; ") + p;
+    }
+    out.push_back(std::move(c));
   }
   return out;
 }

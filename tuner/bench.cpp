@@ -18,6 +18,20 @@
 namespace rajit::tune {
 namespace {
 
+// Random host data every input set is filled from: N(0, 1) values in the element type, and
+// gate/bias values in [0.5, 1.5] (never zeros).
+struct Noise {
+  std::vector<std::uint16_t> values = std::vector<std::uint16_t>(1 << 20);
+  std::vector<float> gates = std::vector<float>(1 << 16);
+  Noise(gen::Dtype dtype, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> dist(0.f, 1.f);
+    for (auto& x : values) x = to_storage(dtype, dist(rng));
+    std::uniform_real_distribution<float> gate(0.5f, 1.5f);
+    for (auto& x : gates) x = gate(rng);
+  }
+};
+
 // One complete set of inputs and outputs on the device, filled from shared random host data.
 struct InputSet {
   rt::DeviceBuffer q_std, k_low, k_std, q_low, v, o, lse, bias, gates;
@@ -80,13 +94,9 @@ ForwardInputs::ForwardInputs(const gen::AttentionSpec& s, const Shape& sh, doubl
                              int ordinal, std::uint64_t seed) {
   rt::make_primary_context_current(ordinal);
   const rt::DeviceInfo dev = rt::device_info(ordinal);
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<std::uint16_t> noise(1 << 20);
-  for (auto& x : noise) x = to_storage(s.dtype, dist(rng));
-  std::vector<float> fnoise(1 << 16);
-  std::uniform_real_distribution<float> gate(0.5f, 1.5f);
-  for (auto& x : fnoise) x = gate(rng);
+  const Noise noise_src(s.dtype, seed);
+  const auto& noise = noise_src.values;
+  const auto& fnoise = noise_src.gates;
 
   const double set_bytes =
       2.0 * sh.batch * sh.heads *
@@ -172,13 +182,9 @@ BackwardBenchResult bench_backward(const gen::AttentionSpec& s, const Shape& sh,
                                    const BenchOptions& opt, std::optional<gen::TileConfig> dkv_tile) {
   rt::make_primary_context_current(0);
   const rt::DeviceInfo dev = rt::device_info(0);
-  std::mt19937_64 rng(12345);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<std::uint16_t> noise(1 << 20);
-  for (auto& x : noise) x = to_storage(s.dtype, dist(rng));
-  std::vector<float> fnoise(1 << 16);
-  std::uniform_real_distribution<float> gate(0.5f, 1.5f);
-  for (auto& x : fnoise) x = gate(rng);
+  const Noise noise_src(s.dtype, 12345);
+  const auto& noise = noise_src.values;
+  const auto& fnoise = noise_src.gates;
 
   const long long B = sh.batch, H = sh.heads, Tq = sh.seqlen_q, Tk = sh.seqlen_k;
   // Inputs, dO and every gradient: about twice the forward's working set.

@@ -16,7 +16,8 @@
 #pragma once
 #include "attention/bwd_limits.cuh"
 #include "attention/bwd_params.cuh"
-#include "attention/fwd.cuh"  // mask/bias policies and PaddedTile
+#include "attention/policies.cuh"
+#include "attention/tile_copy.cuh"
 #include "common/ptx.cuh"
 
 namespace rajit::attn {
@@ -45,84 +46,6 @@ __device__ __forceinline__ void red_add2(float* addr, float a, float b) {
 __device__ __forceinline__ float warp_sum(float x) {  // fixed butterfly: deterministic
   for (int m = 16; m >= 1; m >>= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
   return x;
-}
-
-// Gathers rows [row0, row0 + kRows) of [a | b] (widths kDStd | kR) into a padded tile; rows
-// past `rows_valid` are zero-filled by cp.async.
-template <class Tile, int kRows, int kDStd, int kR, int kCopyElems, int kThreads>
-__device__ __forceinline__ void load_folded(char* dst, const Operand2d& a, index_t a_off,
-                                            const Operand2d& b, index_t b_off, int row0,
-                                            int rows_valid, int tid) {
-  constexpr int kUnits = (kDStd + kR) / kCopyElems;
-  const dev::u32 base = dev::smem_addr(dst);
-  for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
-    const int row = idx / kUnits;
-    const int col = (idx % kUnits) * kCopyElems;
-    const bool valid = row0 + row < rows_valid;
-    const index_t grow = valid ? row0 + row : 0;
-    const char* src = col < kDStd
-                          ? static_cast<const char*>(a.ptr) + 2 * (a_off + grow * a.row_stride + col)
-                          : static_cast<const char*>(b.ptr) +
-                                2 * (b_off + grow * b.row_stride + col - kDStd);
-    dev::cp_async<kCopyElems * 2>(base + 2 * Tile::offset(row, col), src, valid);
-  }
-}
-
-// Rows [row0, row0 + kRows) of a (rows, kCols) operand, 16-byte copies (kCols % 8 == 0).
-template <class Tile, int kRows, int kCols, int kThreads>
-__device__ __forceinline__ void load_plain(char* dst, const Operand2d& op, index_t off, int row0,
-                                           int rows_valid, int tid) {
-  constexpr int kUnits = kCols / 8;
-  const dev::u32 base = dev::smem_addr(dst);
-  for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
-    const int row = idx / kUnits;
-    const int col = (idx % kUnits) * 8;
-    const bool valid = row0 + row < rows_valid;
-    const index_t grow = valid ? row0 + row : 0;
-    const char* src = static_cast<const char*>(op.ptr) + 2 * (off + grow * op.row_stride + col);
-    dev::cp_async<16>(base + 2 * Tile::offset(row, col), src, valid);
-  }
-}
-
-// kRows fp32 values src[row0 + i] into shared memory; past `valid_rows` zero-filled.
-template <int kRows, int kThreads>
-__device__ __forceinline__ void load_floats(char* dst, const float* src, int row0, int rows_valid,
-                                            int tid) {
-  const dev::u32 base = dev::smem_addr(dst);
-  for (int i = tid; i < kRows; i += kThreads) {
-    const bool valid = row0 + i < rows_valid;
-    dev::cp_async<4>(base + 4 * i, src + (valid ? row0 + i : 0), valid);
-  }
-}
-
-// Zeroes the pad columns [kDqk, kDqkPad) of a folded tile; cp.async never writes them.
-template <class Tile, int kRows, int kDqk, int kDqkPad, int kThreads>
-__device__ __forceinline__ void zero_pad(char* dst, int tid) {
-  constexpr int kPadUnits = (kDqkPad - kDqk) / 4;
-  if constexpr (kPadUnits > 0) {
-    for (int idx = tid; idx < kRows * kPadUnits; idx += kThreads) {
-      const int row = idx / kPadUnits;
-      const int col = kDqk + (idx % kPadUnits) * 4;
-      *reinterpret_cast<uint2*>(dst + 2 * Tile::offset(row, col)) = make_uint2(0u, 0u);
-    }
-  }
-}
-
-// Multiplies a staged folded tile by its gates: columns < kDStd by w_std, the rest by w_rec.
-template <class E, class Tile, int kRows, int kDStd, int kR, int kThreads>
-__device__ __forceinline__ void scale_by_gates(char* dst, float w_std, float w_rec, int tid) {
-  if (w_std == 1.f && (kR == 0 || w_rec == 1.f)) return;  // uniform across the CTA
-  constexpr int kUnits = (kDStd + kR) / 4;
-  for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
-    const int row = idx / kUnits;
-    const int col = (idx % kUnits) * 4;
-    const float w = col < kDStd ? w_std : w_rec;
-    uint2* ptr = reinterpret_cast<uint2*>(dst + 2 * Tile::offset(row, col));
-    uint2 v = *ptr;
-    v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
-    v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
-    *ptr = v;
-  }
 }
 
 // Address of element (row, col) of a gradient view for (b, h), as a T* (u32: two elements).

@@ -7,6 +7,7 @@
 #include "attention/limits.cuh"
 #include "attention/params.cuh"
 #include "attention/policies.cuh"
+#include "attention/tile_copy.cuh"
 #include "common/ptx.cuh"
 
 namespace rajit::attn {
@@ -48,21 +49,6 @@ struct FwdConfig {
   static_assert(kSTiles % 2 == 0 && kOTiles % 2 == 0, "ldmatrix.x4 loads n8 tiles in pairs");
 };
 
-/// Row-major (kRows, kCols) 16-bit tile in shared memory whose rows are padded by one 16-byte
-/// chunk. For kCols a multiple of 16 the row stride is an odd number of 16-byte bank groups, so the
-/// eight row addresses of an ldmatrix (and eight rows of cp.async writes) hit eight different
-/// groups: no bank conflicts, and every address is a per-lane base plus a compile-time constant,
-/// which an XOR swizzle would not give us for the odd widths RA uses (48, 96, ...).
-template <int kRows, int kCols>
-struct PaddedTile {
-  static_assert(kCols % 16 == 0, "row stride must be an odd number of 16-byte groups");
-  static constexpr int kStride = kCols + 8;  // elements
-  static constexpr int kBytes = kRows * kStride * 2;
-  __device__ __forceinline__ static constexpr int offset(int row, int col) {
-    return row * kStride + col;
-  }
-};
-
 template <class Config>
 struct FwdKernel {
   using C = Config;
@@ -88,102 +74,36 @@ struct FwdKernel {
     return smem + C::kQoBytes + stage * C::kStageBytes;
   }
 
-  // Gathers rows [row0, row0 + kRows) of [a | b] (widths kDStd | kR) into a padded tile; rows
-  // past `rows_valid` are zero-filled by cp.async so that masked keys never meet garbage.
+  // The copy loops live in attention/tile_copy.cuh; these bind them to this kernel's config.
   template <class Tile, int kRows>
   __device__ __forceinline__ void load_folded(char* dst, const Operand2d& a, index_t a_off,
                                               const Operand2d& bop, index_t b_off, int row0,
                                               int rows_valid) const {
-    constexpr int kUnits = C::kDqk / C::kCopyElems;
-    const u32 base = dev::smem_addr(dst);
-    if constexpr (C::kThreads % kUnits == 0) {
-      // Each thread copies one fixed column unit, so its source operand (a or b), column and row
-      // stride are chosen once; the loop only advances the row. This keeps RA's two-source gather
-      // as cheap as a plain one-source load.
-      constexpr int kRowStep = C::kThreads / kUnits;
-      const int col = (tid % kUnits) * C::kCopyElems;
-      const int row_first = tid / kUnits;
-      const bool from_a = col < C::kDStd;
-      const Operand2d& op = from_a ? a : bop;
-      const char* src0 = static_cast<const char*>(op.ptr) +
-                         2 * ((from_a ? a_off : b_off) + (from_a ? col : col - C::kDStd));
-      const index_t stride_bytes = 2 * op.row_stride;
-#pragma unroll
-      for (int row = row_first; row < kRows; row += kRowStep) {
-        const bool valid = row0 + row < rows_valid;
-        const char* src = src0 + (valid ? row0 + row : 0) * stride_bytes;
-        dev::cp_async<C::kCopyElems * 2>(base + 2 * Tile::offset(row, col), src, valid);
-      }
-    } else {
-      for (int idx = tid; idx < kRows * kUnits; idx += C::kThreads) {
-        const int row = idx / kUnits;
-        const int col = (idx % kUnits) * C::kCopyElems;
-        const bool valid = row0 + row < rows_valid;
-        const index_t grow = valid ? row0 + row : 0;
-        const char* src =
-            col < C::kDStd
-                ? static_cast<const char*>(a.ptr) + 2 * (a_off + grow * a.row_stride + col)
-                : static_cast<const char*>(bop.ptr) +
-                      2 * (b_off + grow * bop.row_stride + col - C::kDStd);
-        dev::cp_async<C::kCopyElems * 2>(base + 2 * Tile::offset(row, col), src, valid);
-      }
-    }
+    attn::load_folded<Tile, kRows, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
+        dst, a, a_off, bop, b_off, row0, rows_valid, tid);
   }
-
-  // Zeroes the pad columns [kDqk, kDqkPad) of a folded tile; cp.async never writes them.
   template <class Tile, int kRows>
   __device__ __forceinline__ void zero_pad(char* dst) const {
-    constexpr int kPadUnits = (C::kDqkPad - C::kDqk) / 4;
-    if constexpr (kPadUnits > 0) {
-      for (int idx = tid; idx < kRows * kPadUnits; idx += C::kThreads) {
-        const int row = idx / kPadUnits;
-        const int col = C::kDqk + (idx % kPadUnits) * 4;
-        *reinterpret_cast<uint2*>(dst + 2 * Tile::offset(row, col)) = make_uint2(0u, 0u);
-      }
-    }
+    attn::zero_pad<Tile, kRows, C::kDqk, C::kDqkPad, C::kThreads>(dst, tid);
   }
 
   __device__ __forceinline__ void load_kv(int tile, int stage) const {
     const int n0 = tile * C::kBlockN;
     char* base = stage_base(stage);
     load_folded<KTile, C::kBlockN>(base, p.k_std, k_std_off, p.q_low, q_low_off, n0, p.seqlen_k);
-    constexpr int kVUnits = C::kHeadDim / 8;
-    const u32 vbase = dev::smem_addr(base + C::kKBytes);
-    for (int idx = tid; idx < C::kBlockN * kVUnits; idx += C::kThreads) {
-      const int row = idx / kVUnits;
-      const int col = (idx % kVUnits) * 8;
-      const bool valid = n0 + row < p.seqlen_k;
-      const index_t grow = valid ? n0 + row : 0;
-      const char* src = static_cast<const char*>(p.v.ptr) + 2 * (v_off + grow * p.v.row_stride + col);
-      dev::cp_async<16>(vbase + 2 * VTile::offset(row, col), src, valid);
-    }
+    load_plain<VTile, C::kBlockN, C::kHeadDim, C::kThreads>(base + C::kKBytes, p.v, v_off, n0,
+                                                            p.seqlen_k, tid);
     if constexpr (C::Bias::kHasBias) {
-      const u32 bbase = dev::smem_addr(base + C::kKBytes + C::kVBytes);
-      const float* bias = p.bias + b * p.bias_batch_stride + h * p.bias_head_stride;
-      for (int j = tid; j < C::kBlockN; j += C::kThreads) {
-        const bool valid = n0 + j < p.seqlen_k;
-        dev::cp_async<4>(bbase + 4 * j, bias + (valid ? n0 + j : 0), valid);
-      }
+      load_floats<C::kBlockN, C::kThreads>(
+          base + C::kKBytes + C::kVBytes, p.bias + b * p.bias_batch_stride + h * p.bias_head_stride, n0,
+          p.seqlen_k, tid);
     }
   }
 
-  // Multiplies the staged query tile by its gates once: columns < kDStd by w_std[h], the rest by
-  // w_rec[h]. The MMA then sees qf directly and the inner loop does no gate work.
+  // Multiplies the staged query tile by its gates once, so the MMA sees qf directly.
   __device__ __forceinline__ void scale_query_by_gates() const {
-    const float w_std = p.w_std ? p.w_std[h] : 1.f;
-    const float w_rec = p.w_rec ? p.w_rec[h] : 1.f;
-    if (w_std == 1.f && (C::kR == 0 || w_rec == 1.f)) return;  // uniform across the CTA
-    constexpr int kUnits = C::kDqk / 4;
-    for (int idx = tid; idx < C::kBlockM * kUnits; idx += C::kThreads) {
-      const int row = idx / kUnits;
-      const int col = (idx % kUnits) * 4;
-      const float w = col < C::kDStd ? w_std : w_rec;
-      uint2* ptr = reinterpret_cast<uint2*>(smem + 2 * QTile::offset(row, col));
-      uint2 v = *ptr;
-      v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
-      v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
-      *ptr = v;
-    }
+    scale_by_gates<E, QTile, C::kBlockM, C::kDStd, C::kR, C::kThreads>(
+        smem, p.w_std ? p.w_std[h] : 1.f, p.w_rec ? p.w_rec[h] : 1.f, tid);
   }
 
   __device__ __forceinline__ void load_q_fragment(u32 (&a)[4], int row_tile, int step) const {

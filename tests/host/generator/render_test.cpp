@@ -277,7 +277,8 @@ TEST_CASE("flatten: the real template set flattens with exact #line markers") {
   ScopedEnv no_dir("RAJIT_TEMPLATE_DIR", std::nullopt);
   std::map<std::string, std::string> sources;
   for (const char* p : {"attention/fwd.cuh", "attention/fwd_wgmma.cuh", "attention/limits.cuh",
-                        "attention/params.cuh", "attention/policies.cuh", "common/host_device.cuh",
+                        "attention/params.cuh", "attention/policies.cuh", "attention/tile_copy.cuh",
+                        "common/host_device.cuh",
                         "common/ptx.cuh", "common/wgmma.cuh"}) {
     sources[p] = rajit::gen::template_text(p);
   }

@@ -1,0 +1,140 @@
+/// Shared-memory tile layouts and the cp.async copy loops every attention kernel uses to stage them.
+// One copy of each loop (folded RA gather, plain rows, fp32 vectors, pad zeroing, gate scaling),
+// written against a Tile that maps (row, col) to a byte offset, so the padded layout of the
+// mma.sync kernels and the 128-byte-swizzled layout of the wgmma kernels share them.
+#pragma once
+#include "attention/params.cuh"
+#include "common/ptx.cuh"
+
+namespace rajit::attn {
+
+/// Row-major (kRows, kCols) 16-bit tile in shared memory whose rows are padded by one 16-byte
+/// chunk. For kCols a multiple of 16 the row stride is an odd number of 16-byte bank groups, so the
+/// eight row addresses of an ldmatrix (and eight rows of cp.async writes) hit eight different
+/// groups: no bank conflicts, and every address is a per-lane base plus a compile-time constant,
+/// which an XOR swizzle would not give us for the odd widths RA uses (48, 96, ...).
+template <int kRows, int kCols>
+struct PaddedTile {
+  static_assert(kCols % 16 == 0, "row stride must be an odd number of 16-byte groups");
+  static constexpr int kStride = kCols + 8;  // elements
+  static constexpr int kBytes = kRows * kStride * 2;
+  __device__ __forceinline__ static constexpr int offset(int row, int col) {  // elements
+    return row * kStride + col;
+  }
+  __device__ __forceinline__ static constexpr int byte_offset(int row, int col) {
+    return 2 * offset(row, col);
+  }
+};
+
+/// A (kRows, 64 * slices) 16-bit tile stored as 64-column slices of 128-byte rows with the
+/// 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8)): the layout wgmma's
+/// descriptors describe. col % 4 == 0 keeps 8-byte pieces whole.
+template <int kRows>
+struct Sw128Tile {
+  static constexpr int kSliceBytes = kRows * 128;
+  __device__ __forceinline__ static constexpr int byte_offset(int row, int col) {
+    return (col / 64) * kSliceBytes + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16) +
+           (col % 8) * 2;
+  }
+};
+
+/// Gathers rows [row0, row0 + kRows) of [a | b] (widths kDStd | kR) into a tile; rows past
+/// `rows_valid` are zero-filled by cp.async so that masked rows never meet garbage.
+template <class Tile, int kRows, int kDStd, int kR, int kCopyElems, int kThreads>
+__device__ __forceinline__ void load_folded(char* dst, const Operand2d& a, index_t a_off,
+                                            const Operand2d& b, index_t b_off, int row0,
+                                            int rows_valid, int tid) {
+  constexpr int kUnits = (kDStd + kR) / kCopyElems;
+  const dev::u32 base = dev::smem_addr(dst);
+  if constexpr (kThreads % kUnits == 0) {
+    // Each thread copies one fixed column unit, so its source operand (a or b), column and row
+    // stride are chosen once; the loop only advances the row. This keeps RA's two-source gather
+    // as cheap as a plain one-source load.
+    constexpr int kRowStep = kThreads / kUnits;
+    const int col = (tid % kUnits) * kCopyElems;
+    const bool from_a = col < kDStd;
+    const Operand2d& op = from_a ? a : b;
+    const char* src0 = static_cast<const char*>(op.ptr) +
+                       2 * ((from_a ? a_off : b_off) + (from_a ? col : col - kDStd));
+    const index_t stride_bytes = 2 * op.row_stride;
+#pragma unroll
+    for (int row = tid / kUnits; row < kRows; row += kRowStep) {
+      const bool valid = row0 + row < rows_valid;
+      const char* src = src0 + (valid ? row0 + row : 0) * stride_bytes;
+      dev::cp_async<kCopyElems * 2>(base + Tile::byte_offset(row, col), src, valid);
+    }
+  } else {
+    for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
+      const int row = idx / kUnits;
+      const int col = (idx % kUnits) * kCopyElems;
+      const bool valid = row0 + row < rows_valid;
+      const index_t grow = valid ? row0 + row : 0;
+      const char* src =
+          col < kDStd ? static_cast<const char*>(a.ptr) + 2 * (a_off + grow * a.row_stride + col)
+                      : static_cast<const char*>(b.ptr) +
+                            2 * (b_off + grow * b.row_stride + col - kDStd);
+      dev::cp_async<kCopyElems * 2>(base + Tile::byte_offset(row, col), src, valid);
+    }
+  }
+}
+
+/// Rows [row0, row0 + kRows) of a (rows, kCols) operand, 16-byte copies (kCols % 8 == 0).
+template <class Tile, int kRows, int kCols, int kThreads>
+__device__ __forceinline__ void load_plain(char* dst, const Operand2d& op, index_t off, int row0,
+                                           int rows_valid, int tid) {
+  constexpr int kUnits = kCols / 8;
+  const dev::u32 base = dev::smem_addr(dst);
+  for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
+    const int row = idx / kUnits;
+    const int col = (idx % kUnits) * 8;
+    const bool valid = row0 + row < rows_valid;
+    const index_t grow = valid ? row0 + row : 0;
+    const char* src = static_cast<const char*>(op.ptr) + 2 * (off + grow * op.row_stride + col);
+    dev::cp_async<16>(base + Tile::byte_offset(row, col), src, valid);
+  }
+}
+
+/// kRows fp32 values src[row0 + i] into shared memory; past `rows_valid` zero-filled.
+template <int kRows, int kThreads>
+__device__ __forceinline__ void load_floats(char* dst, const float* src, int row0, int rows_valid,
+                                            int tid) {
+  const dev::u32 base = dev::smem_addr(dst);
+  for (int i = tid; i < kRows; i += kThreads) {
+    const bool valid = row0 + i < rows_valid;
+    dev::cp_async<4>(base + 4 * i, src + (valid ? row0 + i : 0), valid);
+  }
+}
+
+/// Zeroes the pad columns [kDqk, kDqkPad) of a folded tile: the MMA reads them, cp.async never
+/// writes them.
+template <class Tile, int kRows, int kDqk, int kDqkPad, int kThreads>
+__device__ __forceinline__ void zero_pad(char* dst, int tid) {
+  constexpr int kPadUnits = (kDqkPad - kDqk) / 4;
+  if constexpr (kPadUnits > 0) {
+    for (int idx = tid; idx < kRows * kPadUnits; idx += kThreads) {
+      const int row = idx / kPadUnits;
+      const int col = kDqk + (idx % kPadUnits) * 4;
+      *reinterpret_cast<uint2*>(dst + Tile::byte_offset(row, col)) = make_uint2(0u, 0u);
+    }
+  }
+}
+
+/// Multiplies a staged folded tile by its gates once (columns < kDStd by w_std, the rest by
+/// w_rec), so the MMA sees the gated operand directly and no inner loop does gate work.
+template <class E, class Tile, int kRows, int kDStd, int kR, int kThreads>
+__device__ __forceinline__ void scale_by_gates(char* dst, float w_std, float w_rec, int tid) {
+  if (w_std == 1.f && (kR == 0 || w_rec == 1.f)) return;  // uniform across the CTA
+  constexpr int kUnits = (kDStd + kR) / 4;
+  for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
+    const int row = idx / kUnits;
+    const int col = (idx % kUnits) * 4;
+    const float w = col < kDStd ? w_std : w_rec;
+    uint2* ptr = reinterpret_cast<uint2*>(dst + Tile::byte_offset(row, col));
+    uint2 v = *ptr;
+    v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
+    v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
+    *ptr = v;
+  }
+}
+
+}  // namespace rajit::attn
