@@ -92,6 +92,10 @@ struct WgmmaFwdKernel {
   int tid, warp, lane, group, warp_in_group;
   int b, h, m0;
   index_t q_std_off, k_low_off, k_std_off, q_low_off, v_off;
+  // Descriptors of this warpgroup's Q rows and of stage 0's K and V tiles; other k-steps and
+  // stages are compile-time offsets (>> 4) added to these, so the MMA loop does no address math.
+  // Only the 14-bit address fields are kept (the other fields are constants), to spare registers.
+  u32 q_desc0, k_desc0, v_desc0;
 
   __device__ __forceinline__ char* stage_base(int stage) const {
     return smem + C::kQoBytes + stage * C::kStageBytes;
@@ -124,13 +128,14 @@ struct WgmmaFwdKernel {
   __device__ __forceinline__ void load_kv(int tile, int stage) const {
     const int n0 = tile * C::kBlockN;
     char* base = stage_base(stage);
-    load_folded<KTile, C::kBlockN>(base, p.k_std, k_std_off, p.q_low, q_low_off, n0, p.seqlen_k);
-    load_plain<VTile, C::kBlockN, C::kHeadDim, C::kThreads>(base + C::kKBytes, p.v, v_off, n0,
-                                                            p.seqlen_k, tid);
+    load_rows<KTile, C::kBlockN, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
+        base, p.k_std, k_std_off, p.q_low, q_low_off, n0, p.seqlen_k, tid);
+    load_rows<VTile, C::kBlockN, C::kHeadDim, 0, 8, C::kThreads>(base + C::kKBytes, p.v, v_off,
+                                                                  p.v, v_off, n0, p.seqlen_k, tid);
     if constexpr (C::Bias::kHasBias) {
-      load_floats<C::kBlockN, C::kThreads>(reinterpret_cast<char*>(stage_bias(stage)),
-                                           p.bias + b * p.bias_batch_stride + h * p.bias_head_stride,
-                                           n0, p.seqlen_k, tid);
+      load_floats_wide<C::kBlockN, C::kThreads>(
+          reinterpret_cast<char*>(stage_bias(stage)),
+          p.bias + b * p.bias_batch_stride + h * p.bias_head_stride, n0, p.seqlen_k, tid);
     }
   }
 
@@ -140,16 +145,173 @@ struct WgmmaFwdKernel {
         smem, p.w_std ? p.w_std[h] : 1.f, p.w_rec ? p.w_rec[h] : 1.f, tid);
   }
 
-  __device__ __forceinline__ unsigned long long q_descriptor(int ks) const {
-    const u32 addr = dev::smem_addr(smem) + group * 64 * 128 + (ks / 4) * QTile::kSliceBytes +
-                     (ks % 4) * 32;
-    return dev::sw128_descriptor(addr, 16, 1024);
+  // A descriptor's start-address field is (address >> 4) in its low 14 bits, and shared memory
+  // stays below 2^18 bytes, so moving a descriptor by a byte offset is adding offset >> 4.
+  __device__ static constexpr u32 qk_step(int ks, int slice_bytes) {
+    return static_cast<u32>(((ks / 4) * slice_bytes + (ks % 4) * 32) >> 4);
   }
-  __device__ __forceinline__ static unsigned long long k_descriptor(u32 k_smem, int ks) {
-    return dev::sw128_descriptor(k_smem + (ks / 4) * KTile::kSliceBytes + (ks % 4) * 32, 16, 1024);
+  __device__ static constexpr u32 stage_step(int stage) {
+    return static_cast<u32>((stage * C::kStageBytes) >> 4);
   }
-  __device__ __forceinline__ static unsigned long long v_descriptor(u32 v_smem, int kk) {
-    return dev::sw128_descriptor(v_smem + kk * 16 * 128, VTile::kSliceBytes, 1024);
+  __device__ __forceinline__ void init_descriptors() {
+    const u32 base = dev::smem_addr(smem);
+    q_desc0 = static_cast<u32>(dev::sw128_descriptor(base + group * 64 * 128, 0, 0));
+    k_desc0 = static_cast<u32>(dev::sw128_descriptor(base + C::kQoBytes, 0, 0));
+    v_desc0 = static_cast<u32>(dev::sw128_descriptor(base + C::kQoBytes + C::kKBytes, 0, 0));
+  }
+  // The descriptor whose address field is `address_field` (no carry leaves the field: see above).
+  __device__ __forceinline__ static unsigned long long kmajor_descriptor(u32 address_field) {
+    return dev::sw128_descriptor(0, 16, 1024) | address_field;
+  }
+  __device__ __forceinline__ static unsigned long long v_descriptor(u32 address_field) {
+    return dev::sw128_descriptor(0, VTile::kSliceBytes, 1024) | address_field;
+  }
+
+  __device__ __forceinline__ static int wrap_stage(int s) {
+    return s >= C::kStages ? s - C::kStages : s;
+  }
+  // Makes tile `tile` (in stage `stage`) resident and starts loading tile + kStages - 2.
+  __device__ __forceinline__ void advance_pipeline(int tile, int stage, int n_tiles) const {
+    const int next = tile + C::kStages - 2;
+    const int next_stage = wrap_stage(stage + C::kStages - 2);
+    if constexpr (C::kStageBarriers) {
+      // No CTA barrier: a warpgroup may run up to a tile ahead of the other.
+      if (next < n_tiles) {
+        const int st = next_stage;
+        if (next >= C::kStages) {
+          dev::mbarrier_wait(released_barrier(st), (next / C::kStages - 1) & 1);
+        }
+        load_kv(next, st);
+        dev::cp_async_mbarrier_arrive(landed_barrier(st));
+      }
+      dev::mbarrier_wait(landed_barrier(stage), (tile / C::kStages) & 1);
+      dev::fence_proxy_async_shared();
+    } else {
+      dev::cp_async_wait<C::kStages - 3>();  // tile `tile` (issued one iteration ahead) landed
+      dev::fence_proxy_async_shared();       // our cp.async writes -> wgmma's proxy
+      __syncthreads();  // every warpgroup landed its part and finished P V of tile-2
+      if (next < n_tiles) load_kv(next, next_stage);
+      dev::cp_async_commit();
+    }
+  }
+
+  // S = qf kf^T for key tile `tile` (A = Q, B = K, both from shared memory).
+  __device__ __forceinline__ void issue_qk(float (&s)[C::kSRegs], int stage) const {
+    const u32 k_desc = k_desc0 + stage_step(stage);
+#pragma unroll
+    for (int ks = 0; ks < C::kQkSteps; ++ks) {
+      dev::wgmma_ss<C::kBlockN, E>(s, kmajor_descriptor(q_desc0 + qk_step(ks, QTile::kSliceBytes)),
+                                   kmajor_descriptor(k_desc + qk_step(ks, KTile::kSliceBytes)),
+                                   ks > 0);
+    }
+  }
+
+  // O += P V for key tile `tile` (A = P from registers, B = V from shared memory, MN-major).
+  __device__ __forceinline__ void issue_pv(float (&o_acc)[C::kORegs], u32 (&pa)[C::kPvSteps][4],
+                                           int stage) const {
+    const u32 v_desc = v_desc0 + stage_step(stage);
+#pragma unroll
+    for (int kk = 0; kk < C::kPvSteps; ++kk) {
+      dev::wgmma_rs<C::kHeadDim, E>(o_acc, pa[kk], v_descriptor(v_desc + (kk * 16 * 128 >> 4)), 1);
+    }
+  }
+
+  // Online softmax in base 2 over S of key tile `tile`: S becomes P (fp32), the running row
+  // maxima and sums advance, and `correction` is the factor O must be rescaled by.
+  // Only the tiles that cross the diagonal or the end of the keys run the masked softmax.
+  __device__ __forceinline__ bool needs_mask(int tile, int warp_row0, int diag) const {
+    const int n0 = tile * C::kBlockN;
+    bool masked = n0 + C::kBlockN > p.seqlen_k;
+    if constexpr (C::Mask::kCausal) masked = masked || n0 + C::kBlockN - 1 > warp_row0 + diag;
+    return masked;
+  }
+  __device__ __forceinline__ void softmax(float (&s)[C::kSRegs], int tile, int stage, int warp_row0,
+                                          int diag, float bias_log2, float (&row_max)[2],
+                                          float (&row_sum)[2], float (&correction)[2]) const {
+    // A separate copy per case: with the mask test inside one copy, the compiler if-converts it
+    // and every tile pays two compares and a select per element.
+    if (needs_mask(tile, warp_row0, diag)) {
+      softmax_tile<true>(s, tile, stage, warp_row0, diag, bias_log2, row_max, row_sum, correction);
+    } else {
+      softmax_tile<false>(s, tile, stage, warp_row0, diag, bias_log2, row_max, row_sum, correction);
+    }
+  }
+  template <bool kMasked>
+  __device__ __forceinline__ void softmax_tile(float (&s)[C::kSRegs], int tile, int stage,
+                                               int warp_row0, int diag, float bias_log2,
+                                               float (&row_max)[2], float (&row_sum)[2],
+                                               float (&correction)[2]) const {
+    const int n0 = tile * C::kBlockN;
+    const int seqlen_k = p.seqlen_k;
+    // One pass over the columns serves both of this thread's rows: each bias pair is read from
+    // shared memory, scaled by w_disc * log2(e) and used twice, then dies (no per-tile bias array
+    // held in registers).
+    const float* bias_smem = C::Bias::kHasBias ? stage_bias(stage) : nullptr;
+    float mx[2] = {row_max[0], row_max[1]};
+#pragma unroll
+    for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
+      float bias_pair[2] = {0.f, 0.f};
+      if constexpr (C::Bias::kHasBias) {
+        const float2 bv = *reinterpret_cast<const float2*>(bias_smem + nt * 8 + 2 * (lane % 4));
+        bias_pair[0] = bv.x * bias_log2;
+        bias_pair[1] = bv.y * bias_log2;
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[nt * 4 + half * 2 + e];
+          x = C::Bias::kHasBias ? fmaf(x, p.scale_log2, bias_pair[e]) : x * p.scale_log2;
+          if constexpr (kMasked) {
+            const int c = n0 + nt * 8 + 2 * (lane % 4) + e;
+            const int row = warp_row0 + lane / 4 + half * 8;
+            const bool visible = c < seqlen_k && (!C::Mask::kCausal || c <= row + diag);
+            if (!visible) x = -__int_as_float(0x7f800000);
+          }
+          mx[half] = fmaxf(mx[half], x);  // FMNMX; `x > m ? x : m` is a compare + select
+        }
+      }
+    }
+    float base[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float m = mx[half];
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      // A row with nothing visible yet keeps max = -inf; subtract 0 then so exp2 gives 0.
+      base[half] = m == -__int_as_float(0x7f800000) ? 0.f : m;
+      correction[half] = dev::exp2_approx(row_max[half] - base[half]);
+      row_max[half] = m;
+    }
+    float sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[nt * 4 + half * 2 + e];
+          x = dev::exp2_approx(x - base[half]);
+          sum[half] += x;
+        }
+      }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      row_sum[half] = row_sum[half] * correction[half] + sum[half];
+    }
+  }
+
+  // P as k16 A fragments: the S accumulators of two n8 tiles are one k16 fragment.
+  __device__ __forceinline__ static void pack_p(u32 (&pa)[C::kPvSteps][4],
+                                                const float (&s)[C::kSRegs]) {
+#pragma unroll
+    for (int kk = 0; kk < C::kPvSteps; ++kk) {
+      pa[kk][0] = E::pack(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = E::pack(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = E::pack(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = E::pack(s[8 * kk + 6], s[8 * kk + 7]);
+    }
   }
 
   __device__ void run() {
@@ -162,6 +324,8 @@ struct WgmmaFwdKernel {
       n_end = last_visible + 1 < seqlen_k ? last_visible + 1 : seqlen_k;
     }
     const int n_tiles = n_end > 0 ? (n_end + C::kBlockN - 1) / C::kBlockN : 0;
+
+    init_descriptors();
 
     // Stage barriers, then the query tile and the first kStages - 2 key tiles; each iteration
     // then loads one tile ahead (see the loop).
@@ -201,123 +365,45 @@ struct WgmmaFwdKernel {
     // O += P(tile-1) V(tile-1) back to back on the tensor cores, then runs the softmax of S(tile)
     // while the P V product is still in flight. Shared memory holds three key tiles: tile-1 (its V
     // is being read), tile (being multiplied) and tile+1 (loading).
-    float s[C::kSRegs];           // S of this tile, then its P (fp32)    // (64, kBlockN) per WG
-    u32 pa[C::kPvSteps][4];       // P of the previous tile, as k16 A fragments (bf16/fp16)
-    for (int tile = 0; tile < n_tiles; ++tile) {
-      // Load one tile ahead into the stage of tile-2, once every thread is done with it.
-      if constexpr (C::kStageBarriers) {
-        // No CTA barrier: a warpgroup may run up to a tile ahead of the other.
-        const int next = tile + C::kStages - 2;
-        if (next < n_tiles) {
-          const int st = next % C::kStages;
-          if (next >= C::kStages) dev::mbarrier_wait(released_barrier(st), (next / C::kStages - 1) & 1);
-          load_kv(next, st);
-          dev::cp_async_mbarrier_arrive(landed_barrier(st));
-        }
-        dev::mbarrier_wait(landed_barrier(tile % C::kStages), (tile / C::kStages) & 1);
-        dev::fence_proxy_async_shared();
-      } else {
-        dev::cp_async_wait<C::kStages - 3>();  // tile `tile` (issued one iteration ahead) landed
-        dev::fence_proxy_async_shared();       // our cp.async writes -> wgmma's proxy
-        __syncthreads();  // every warpgroup landed its part and finished P V of tile-2
-        const int next = tile + C::kStages - 2;
-        if (next < n_tiles) load_kv(next, next % C::kStages);
-        dev::cp_async_commit();
-      }
-      const int stage = tile % C::kStages;
-      const u32 k_smem = dev::smem_addr(stage_base(stage));
-      const float* bias_smem = stage_bias(stage);
-      const int n0 = tile * C::kBlockN;
-
+    //
+    // Tile 0 is peeled off so that the loop body issues both products unconditionally. With a
+    // `tile > 0` branch around P V, the accumulators leave the branch through phi copies, and
+    // ptxas must wait for every wgmma before copying them (it injects a warpgroup.arrive and a
+    // full DEPBAR at the top of the softmax), which serialises the softmax with P V.
+    float s[C::kSRegs];      // S of this tile, then its P (fp32)    // (64, kBlockN) per WG
+    u32 pa[C::kPvSteps][4];  // P of the previous tile, as k16 A fragments (bf16/fp16)
+    int stage = 0;  // tile % kStages, kept without a division
+    if (n_tiles > 0) {
+      advance_pipeline(0, 0, n_tiles);
       dev::wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < C::kQkSteps; ++ks) {
-        dev::wgmma_ss<C::kBlockN, E>(s, q_descriptor(ks), k_descriptor(k_smem, ks), ks > 0);
-      }
+      issue_qk(s, 0);
       dev::wgmma_commit();
-      if (tile > 0) {
-        const u32 v_prev = dev::smem_addr(stage_base((tile - 1) % C::kStages) + C::kKBytes);
-#pragma unroll
-        for (int kk = 0; kk < C::kPvSteps; ++kk) {
-          dev::wgmma_rs<C::kHeadDim, E>(o_acc, pa[kk], v_descriptor(v_prev, kk), 1);
-        }
-        dev::wgmma_commit();
-        dev::wgmma_wait<1>();  // S is ready; P V of tile-1 may still run
-      } else {
-        dev::wgmma_wait<0>();
-      }
+      dev::wgmma_wait<0>();
       dev::fence_registers(s);
-
-      // Online softmax in base 2. Only tiles that cross the diagonal or the end need the mask.
-      bool needs_mask = n0 + C::kBlockN > seqlen_k;
-      if constexpr (C::Mask::kCausal) needs_mask = needs_mask || n0 + C::kBlockN - 1 > warp_row0 + diag;
-      // This thread's bias columns, pre-scaled by w_disc * log2(e): read once, used by both rows.
-      float bias_reg[C::Bias::kHasBias ? C::kBlockN / 8 : 1][2];
-      if constexpr (C::Bias::kHasBias) {
-#pragma unroll
-        for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
-          const float2 bv = *reinterpret_cast<const float2*>(bias_smem + nt * 8 + 2 * (lane % 4));
-          bias_reg[nt][0] = bv.x * bias_log2;
-          bias_reg[nt][1] = bv.y * bias_log2;
-        }
-      }
       float correction[2];
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = warp_row0 + lane / 4 + half * 8;
-        float mx = row_max[half];
-#pragma unroll
-        for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int c = nt * 8 + 2 * (lane % 4) + e;
-            float x;
-            if constexpr (C::Bias::kHasBias) {
-              x = fmaf(s[nt * 4 + half * 2 + e], p.scale_log2, bias_reg[nt][e]);
-            } else {
-              x = s[nt * 4 + half * 2 + e] * p.scale_log2;
-            }
-            if (needs_mask) {
-              const bool visible = n0 + c < seqlen_k && (!C::Mask::kCausal || n0 + c <= row + diag);
-              if (!visible) x = -__int_as_float(0x7f800000);
-            }
-            s[nt * 4 + half * 2 + e] = x;
-            mx = x > mx ? x : mx;
-          }
-        }
-        for (int mask = 1; mask <= 2; mask <<= 1) {
-          const float other = __shfl_xor_sync(0xffffffffu, mx, mask);
-          mx = other > mx ? other : mx;
-        }
-        // A row with nothing visible yet keeps max = -inf; subtract 0 then so exp2 gives 0.
-        const float base = mx == -__int_as_float(0x7f800000) ? 0.f : mx;
-        correction[half] = dev::exp2_approx(row_max[half] - base);
-        row_max[half] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float pe = dev::exp2_approx(s[nt * 4 + half * 2 + e] - base);
-            s[nt * 4 + half * 2 + e] = pe;
-            sum += pe;
-          }
-        }
-        row_sum[half] = row_sum[half] * correction[half] + sum;
-      }
+      softmax(s, 0, 0, warp_row0, diag, bias_log2, row_max, row_sum, correction);
+      pack_p(pa, s);  // O is still zero: nothing to rescale
+    }
+    for (int tile = 1; tile < n_tiles; ++tile) {
+      const int prev_stage = stage;
+      stage = wrap_stage(stage + 1);
+      advance_pipeline(tile, stage, n_tiles);
+      dev::wgmma_fence();
+      issue_qk(s, stage);
+      dev::wgmma_commit();
+      issue_pv(o_acc, pa, prev_stage);
+      dev::wgmma_commit();
+      dev::wgmma_wait<1>();  // S is ready; P V of tile-1 may still run
+      dev::fence_registers(s);
+      float correction[2];
+      softmax(s, tile, stage, warp_row0, diag, bias_log2, row_max, row_sum, correction);
       // P V of tile-1 must be done before O is rescaled for this tile's new row maxima, and
       // before `pa` is overwritten: the in-flight wgmma reads its A fragments asynchronously.
-      dev::wgmma_wait<0>();
+      dev::wgmma_wait_all_after(row_sum[0], row_sum[1], dev::smem_addr(smem + C::kBarrierOffset),
+                                p.seqlen_q < 0);
       dev::fence_registers(o_acc);
-      if (C::kStageBarriers && tile > 0) dev::mbarrier_arrive(released_barrier((tile - 1) % C::kStages));
-      // P(tile) as A fragments: the S accumulators of two n8 tiles are one k16 fragment.
-#pragma unroll
-      for (int kk = 0; kk < C::kPvSteps; ++kk) {
-        pa[kk][0] = E::pack(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[kk][1] = E::pack(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = E::pack(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = E::pack(s[8 * kk + 6], s[8 * kk + 7]);
-      }
+      if (C::kStageBarriers) dev::mbarrier_arrive(released_barrier(prev_stage));
+      pack_p(pa, s);
       // Once a row's maximum settles (most tiles of a long row) its correction is exactly
       // exp2(0) = 1: skip the kHeadDim / 2 multiplies, a large share of the per-tile FP32 work.
       if (correction[0] != 1.f || correction[1] != 1.f) {
@@ -331,12 +417,8 @@ struct WgmmaFwdKernel {
       }
     }
     if (n_tiles > 0) {  // the last tile's P V
-      const u32 v_last = dev::smem_addr(stage_base((n_tiles - 1) % C::kStages) + C::kKBytes);
       dev::wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < C::kPvSteps; ++kk) {
-        dev::wgmma_rs<C::kHeadDim, E>(o_acc, pa[kk], v_descriptor(v_last, kk), 1);
-      }
+      issue_pv(o_acc, pa, stage);  // the loop left `stage` at tile n_tiles - 1
       dev::wgmma_commit();
       dev::wgmma_wait<0>();
       dev::fence_registers(o_acc);

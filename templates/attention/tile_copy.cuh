@@ -18,6 +18,8 @@ struct PaddedTile {
   static_assert(kCols % 16 == 0, "row stride must be an odd number of 16-byte groups");
   static constexpr int kStride = kCols + 8;  // elements
   static constexpr int kBytes = kRows * kStride * 2;
+  static constexpr int kRowBytes = kStride * 2;  // row r + d starts d * kRowBytes after row r
+  static constexpr int kRowPeriod = 1;
   __device__ __forceinline__ static constexpr int offset(int row, int col) {  // elements
     return row * kStride + col;
   }
@@ -32,6 +34,9 @@ struct PaddedTile {
 template <int kRows>
 struct Sw128Tile {
   static constexpr int kSliceBytes = kRows * 128;
+  // The swizzle repeats every 8 rows: row r + d starts d * kRowBytes after row r when d % 8 == 0.
+  static constexpr int kRowBytes = 128;
+  static constexpr int kRowPeriod = 8;
   __device__ __forceinline__ static constexpr int byte_offset(int row, int col) {
     return (col / 64) * kSliceBytes + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16) +
            (col % 8) * 2;
@@ -78,6 +83,51 @@ __device__ __forceinline__ void load_folded(char* dst, const Operand2d& a, index
   }
 }
 
+/// Rows [row0, row0 + kRows) of [a | b] (column widths kDStd | kR; kR may be 0 and b unused)
+/// into a tile, for kernels that stream many such tiles. Each thread copies one fixed column unit
+/// of fixed rows, so its source operand, column and row stride are chosen once per call; whole
+/// tiles take a branch-free path, and only a tile that crosses `rows_valid` checks rows (and
+/// zero-fills those past the end from row 0, which always exists). Nothing is kept between calls:
+/// the kernels that use this run at their register limit, and recomputing these few integers
+/// costs less than holding them.
+template <class Tile, int kRows, int kDStd, int kR, int kCopyElems, int kThreads>
+__device__ __forceinline__ void load_rows(char* dst, const Operand2d& a, index_t a_off,
+                                          const Operand2d& b, index_t b_off, int row0,
+                                          int rows_valid, int tid) {
+  constexpr int kUnits = (kDStd + kR) / kCopyElems;
+  if constexpr (kThreads % kUnits != 0) {
+    // Odd unit counts (e.g. 36 columns in 4-element units) have no fixed unit per thread.
+    load_folded<Tile, kRows, kDStd, kR, kCopyElems, kThreads>(dst, a, a_off, b, b_off, row0,
+                                                              rows_valid, tid);
+  } else {
+    constexpr int kRowStep = kThreads / kUnits;
+    constexpr int kCopies = (kRows + kRowStep - 1) / kRowStep;
+    const int first_row = tid / kUnits;
+    const int col = (tid % kUnits) * kCopyElems;
+    const bool from_a = kR == 0 || col < kDStd;
+    const Operand2d& op = from_a ? a : b;
+    const index_t stride = 2 * op.row_stride;  // bytes
+    const char* row_zero = static_cast<const char*>(op.ptr) +
+                           2 * ((from_a ? a_off : b_off) + (from_a ? col : col - kDStd));
+    const char* src = row_zero + (row0 + first_row) * stride;
+    const dev::u32 tile = dev::smem_addr(dst);
+    const dev::u32 first = tile + Tile::byte_offset(first_row, col);
+    const bool full = row0 + kRows <= rows_valid;
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const int r = first_row + i * kRowStep;
+      if (kRows % kRowStep != 0 && r >= kRows) break;
+      // Rows kRowStep apart sit a fixed distance apart when the layout repeats every kRowStep
+      // rows; otherwise the offset is recomputed.
+      const dev::u32 d = kRowStep % Tile::kRowPeriod == 0
+                             ? first + i * kRowStep * Tile::kRowBytes
+                             : tile + Tile::byte_offset(r, col);
+      const bool valid = full || row0 + r < rows_valid;
+      dev::cp_async<kCopyElems * 2>(d, valid ? src + i * kRowStep * stride : row_zero, valid);
+    }
+  }
+}
+
 /// Rows [row0, row0 + kRows) of a (rows, kCols) operand, 16-byte copies (kCols % 8 == 0).
 template <class Tile, int kRows, int kCols, int kThreads>
 __device__ __forceinline__ void load_plain(char* dst, const Operand2d& op, index_t off, int row0,
@@ -102,6 +152,20 @@ __device__ __forceinline__ void load_floats(char* dst, const float* src, int row
   for (int i = tid; i < kRows; i += kThreads) {
     const bool valid = row0 + i < rows_valid;
     dev::cp_async<4>(base + 4 * i, src + (valid ? row0 + i : 0), valid);
+  }
+}
+
+/// kRows fp32 values src[row0 + i] into shared memory; 16-byte copies when the source is 16-byte
+/// aligned and the whole vector is in range, else 4-byte copies with past `rows_valid` zero-filled.
+template <int kRows, int kThreads>
+__device__ __forceinline__ void load_floats_wide(char* dst, const float* src, int row0,
+                                                 int rows_valid, int tid) {
+  static_assert(kRows % 4 == 0 && kRows / 4 <= kThreads, "one 16-byte copy per thread at most");
+  const bool aligned = (reinterpret_cast<unsigned long long>(src + row0) & 15u) == 0;
+  if (aligned && row0 + kRows <= rows_valid) {
+    if (tid < kRows / 4) dev::cp_async<16>(dev::smem_addr(dst) + 16 * tid, src + row0 + 4 * tid, true);
+  } else {
+    load_floats<kRows, kThreads>(dst, src, row0, rows_valid, tid);
   }
 }
 

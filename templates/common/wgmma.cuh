@@ -24,6 +24,19 @@ template <int kPending>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
 }
+/// wgmma_wait<0>, held below the computation of `a` and `b`. ptxas schedules a wait like any
+/// instruction without register operands: it hoists it above register-only work (the softmax)
+/// up to the previous memory access, which would serialise that work with the MMAs it was meant
+/// to overlap. A shared-memory store of `a` and `b` under a predicate that is never true (`never`
+/// is zero at run time; the compiler cannot know it) is such a memory access, placed after both
+/// values exist: the wait stays below it.
+__device__ __forceinline__ void wgmma_wait_all_after(float a, float b, u32 smem, int never) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %3, 0;\n@p st.shared.v2.f32 [%0], {%1, %2};\n"
+      "wgmma.wait_group.sync.aligned 0;\n}\n" ::"r"(smem),
+      "f"(a), "f"(b), "r"(never)
+      : "memory");
+}
 /// Keeps the compiler from moving reads or writes of these registers across a wgmma wait: the
 /// hardware writes accumulators asynchronously, which the compiler cannot see.
 template <int N>
