@@ -89,6 +89,7 @@ struct WgmmaFwdKernel {
 
   const FwdParams& p;
   char* smem;  // 1024-byte aligned
+  u32 smem_s;  // the same, as a shared-window address: what the main loop uses (one register)
   int tid, warp, lane, group, warp_in_group;
   int b, h, m0;
   index_t q_std_off, k_low_off, k_std_off, q_low_off, v_off;
@@ -103,13 +104,13 @@ struct WgmmaFwdKernel {
   // Stage s's "landed" barrier (every thread's cp.async for the tile in it completed) and its
   // "released" barrier (every thread is done reading it).
   __device__ __forceinline__ u32 landed_barrier(int stage) const {
-    return dev::smem_addr(smem + C::kBarrierOffset) + 8 * stage;
+    return smem_s + C::kBarrierOffset + 8 * stage;
   }
   __device__ __forceinline__ u32 released_barrier(int stage) const {
-    return dev::smem_addr(smem + C::kBarrierOffset) + 8 * (C::kStages + stage);
+    return smem_s + C::kBarrierOffset + 8 * (C::kStages + stage);
   }
-  __device__ __forceinline__ float* stage_bias(int stage) const {
-    return reinterpret_cast<float*>(smem + C::kBiasOffset) + stage * C::kBlockN;
+  __device__ __forceinline__ u32 stage_bias(int stage) const {
+    return smem_s + C::kBiasOffset + stage * C::kBlockN * 4;
   }
 
   // The copy loops live in attention/tile_copy.cuh; these bind them to this kernel's config.
@@ -127,14 +128,14 @@ struct WgmmaFwdKernel {
 
   __device__ __forceinline__ void load_kv(int tile, int stage) const {
     const int n0 = tile * C::kBlockN;
-    char* base = stage_base(stage);
+    const u32 base = smem_s + C::kQoBytes + stage * C::kStageBytes;
     load_rows<KTile, C::kBlockN, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
         base, p.k_std, k_std_off, p.q_low, q_low_off, n0, p.seqlen_k, tid);
     load_rows<VTile, C::kBlockN, C::kHeadDim, 0, 8, C::kThreads>(base + C::kKBytes, p.v, v_off,
                                                                   p.v, v_off, n0, p.seqlen_k, tid);
     if constexpr (C::Bias::kHasBias) {
       load_floats_wide<C::kBlockN, C::kThreads>(
-          reinterpret_cast<char*>(stage_bias(stage)),
+          stage_bias(stage),
           p.bias + b * p.bias_batch_stride + h * p.bias_head_stride, n0, p.seqlen_k, tid);
     }
   }
@@ -154,7 +155,7 @@ struct WgmmaFwdKernel {
     return static_cast<u32>((stage * C::kStageBytes) >> 4);
   }
   __device__ __forceinline__ void init_descriptors() {
-    const u32 base = dev::smem_addr(smem);
+    const u32 base = smem_s;
     q_desc0 = static_cast<u32>(dev::sw128_descriptor(base + group * 64 * 128, 0, 0));
     k_desc0 = static_cast<u32>(dev::sw128_descriptor(base + C::kQoBytes, 0, 0));
     v_desc0 = static_cast<u32>(dev::sw128_descriptor(base + C::kQoBytes + C::kKBytes, 0, 0));
@@ -246,15 +247,27 @@ struct WgmmaFwdKernel {
     // One pass over the columns serves both of this thread's rows: each bias pair is read from
     // shared memory, scaled by w_disc * log2(e) and used twice, then dies (no per-tile bias array
     // held in registers).
-    const float* bias_smem = C::Bias::kHasBias ? stage_bias(stage) : nullptr;
+    const int lane = dev::lane_id();  // not the member: see lane_id()
+    const u32 bias_smem = C::Bias::kHasBias ? stage_bias(stage) + 8 * (lane % 4) : 0;
     float mx[2] = {row_max[0], row_max[1]};
+    // Masked tiles: key column c is visible to this thread's row of `half` iff c <= last[half]
+    // (the causal diagonal and the end of the keys folded into one bound).
+    int last[2] = {0, 0};
+    if constexpr (kMasked) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = warp_row0 + lane / 4 + half * 8;
+        last[half] = C::Mask::kCausal ? min(row + diag, seqlen_k - 1) : seqlen_k - 1;
+        last[half] -= n0 + 2 * (lane % 4);  // relative to this thread's first column
+      }
+    }
 #pragma unroll
     for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
       float bias_pair[2] = {0.f, 0.f};
       if constexpr (C::Bias::kHasBias) {
-        const float2 bv = *reinterpret_cast<const float2*>(bias_smem + nt * 8 + 2 * (lane % 4));
-        bias_pair[0] = bv.x * bias_log2;
-        bias_pair[1] = bv.y * bias_log2;
+        dev::lds_f32x2(bias_smem + nt * 32, bias_pair[0], bias_pair[1]);
+        bias_pair[0] *= bias_log2;
+        bias_pair[1] *= bias_log2;
       }
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
@@ -263,10 +276,7 @@ struct WgmmaFwdKernel {
           float& x = s[nt * 4 + half * 2 + e];
           x = C::Bias::kHasBias ? fmaf(x, p.scale_log2, bias_pair[e]) : x * p.scale_log2;
           if constexpr (kMasked) {
-            const int c = n0 + nt * 8 + 2 * (lane % 4) + e;
-            const int row = warp_row0 + lane / 4 + half * 8;
-            const bool visible = c < seqlen_k && (!C::Mask::kCausal || c <= row + diag);
-            if (!visible) x = -__int_as_float(0x7f800000);
+            if (nt * 8 + e > last[half]) x = -__int_as_float(0x7f800000);
           }
           mx[half] = fmaxf(mx[half], x);  // FMNMX; `x > m ? x : m` is a compare + select
         }
@@ -399,7 +409,7 @@ struct WgmmaFwdKernel {
       softmax(s, tile, stage, warp_row0, diag, bias_log2, row_max, row_sum, correction);
       // P V of tile-1 must be done before O is rescaled for this tile's new row maxima, and
       // before `pa` is overwritten: the in-flight wgmma reads its A fragments asynchronously.
-      dev::wgmma_wait_all_after(row_sum[0], row_sum[1], dev::smem_addr(smem + C::kBarrierOffset),
+      dev::wgmma_wait_all_after(row_sum[0], row_sum[1], smem_s + C::kBarrierOffset,
                                 p.seqlen_q < 0);
       dev::fence_registers(o_acc);
       if (C::kStageBarriers) dev::mbarrier_arrive(released_barrier(prev_stage));
@@ -427,20 +437,25 @@ struct WgmmaFwdKernel {
     __syncthreads();  // every warpgroup is done reading Q; O is staged where Q was
 
     // Normalise, stage O through shared memory, and write it with 16-byte coalesced stores.
+    // The generic address is rebuilt from smem_s, so `smem` need not stay live across the loop.
+    char* const out_smem = dev::shared_to_generic(smem_s);
+    const int lane = dev::lane_id();
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float sum = row_sum[half];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       const float inv = sum > 0.f ? 1.f / sum : 0.f;  // no visible key: O = 0, never NaN
-      const int local_row = group * 64 + warp_in_group * 16 + lane / 4 + half * 8;
+      // From warp_row0, which the loop kept live anyway: a separate copy of this warp's row
+      // offset would be held across the loop and spill at the 128-register limit.
+      const int row = warp_row0 + lane / 4 + half * 8;
+      const int local_row = row - m0;
 #pragma unroll
       for (int nt = 0; nt < C::kHeadDim / 8; ++nt) {
         const int col = nt * 8 + 2 * (lane % 4);
-        *reinterpret_cast<u32*>(smem + OTile::byte_offset(local_row, col)) =
+        *reinterpret_cast<u32*>(out_smem + OTile::byte_offset(local_row, col)) =
             E::pack(o_acc[nt * 4 + half * 2] * inv, o_acc[nt * 4 + half * 2 + 1] * inv);
       }
-      const int row = m0 + local_row;
       if (p.lse != nullptr && lane % 4 == 0 && row < seqlen_q) {
         const float lse = sum > 0.f ? (row_max[half] + dev::log2_approx(sum)) * kLn2
                                     : -__int_as_float(0x7f800000);
@@ -454,7 +469,7 @@ struct WgmmaFwdKernel {
       const int row = idx / kOUnits;
       const int col = (idx % kOUnits) * 8;
       if (m0 + row < seqlen_q) {
-        const uint4 v = *reinterpret_cast<const uint4*>(smem + OTile::byte_offset(row, col));
+        const uint4 v = *reinterpret_cast<const uint4*>(out_smem + OTile::byte_offset(row, col));
         *reinterpret_cast<uint4*>(o_base + 2 * ((m0 + row) * p.o_row_stride + col)) = v;
       }
     }
@@ -472,7 +487,7 @@ __device__ __forceinline__ void fwd_wgmma(const FwdParams& p) {
   // Heavy rows first: with a causal mask the last query blocks see the most keys.
   const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.y);
   const int bh = static_cast<int>(blockIdx.x);
-  WgmmaFwdKernel<Config> k{p, smem};
+  WgmmaFwdKernel<Config> k{p, smem, dev::smem_addr(smem)};
   k.tid = static_cast<int>(threadIdx.x);
   k.warp = k.tid / 32;
   k.lane = k.tid % 32;

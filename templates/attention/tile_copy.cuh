@@ -91,14 +91,14 @@ __device__ __forceinline__ void load_folded(char* dst, const Operand2d& a, index
 /// the kernels that use this run at their register limit, and recomputing these few integers
 /// costs less than holding them.
 template <class Tile, int kRows, int kDStd, int kR, int kCopyElems, int kThreads>
-__device__ __forceinline__ void load_rows(char* dst, const Operand2d& a, index_t a_off,
+__device__ __forceinline__ void load_rows(dev::u32 tile, const Operand2d& a, index_t a_off,
                                           const Operand2d& b, index_t b_off, int row0,
                                           int rows_valid, int tid) {
   constexpr int kUnits = (kDStd + kR) / kCopyElems;
   if constexpr (kThreads % kUnits != 0) {
     // Odd unit counts (e.g. 36 columns in 4-element units) have no fixed unit per thread.
-    load_folded<Tile, kRows, kDStd, kR, kCopyElems, kThreads>(dst, a, a_off, b, b_off, row0,
-                                                              rows_valid, tid);
+    load_folded<Tile, kRows, kDStd, kR, kCopyElems, kThreads>(
+        dev::shared_to_generic(tile), a, a_off, b, b_off, row0, rows_valid, tid);
   } else {
     constexpr int kRowStep = kThreads / kUnits;
     constexpr int kCopies = (kRows + kRowStep - 1) / kRowStep;
@@ -110,7 +110,6 @@ __device__ __forceinline__ void load_rows(char* dst, const Operand2d& a, index_t
     const char* row_zero = static_cast<const char*>(op.ptr) +
                            2 * ((from_a ? a_off : b_off) + (from_a ? col : col - kDStd));
     const char* src = row_zero + (row0 + first_row) * stride;
-    const dev::u32 tile = dev::smem_addr(dst);
     const dev::u32 first = tile + Tile::byte_offset(first_row, col);
     const bool full = row0 + kRows <= rows_valid;
 #pragma unroll
@@ -158,14 +157,14 @@ __device__ __forceinline__ void load_floats(char* dst, const float* src, int row
 /// kRows fp32 values src[row0 + i] into shared memory; 16-byte copies when the source is 16-byte
 /// aligned and the whole vector is in range, else 4-byte copies with past `rows_valid` zero-filled.
 template <int kRows, int kThreads>
-__device__ __forceinline__ void load_floats_wide(char* dst, const float* src, int row0,
+__device__ __forceinline__ void load_floats_wide(dev::u32 dst, const float* src, int row0,
                                                  int rows_valid, int tid) {
   static_assert(kRows % 4 == 0 && kRows / 4 <= kThreads, "one 16-byte copy per thread at most");
   const bool aligned = (reinterpret_cast<unsigned long long>(src + row0) & 15u) == 0;
   if (aligned && row0 + kRows <= rows_valid) {
-    if (tid < kRows / 4) dev::cp_async<16>(dev::smem_addr(dst) + 16 * tid, src + row0 + 4 * tid, true);
+    if (tid < kRows / 4) dev::cp_async<16>(dst + 16 * tid, src + row0 + 4 * tid, true);
   } else {
-    load_floats<kRows, kThreads>(dst, src, row0, rows_valid, tid);
+    load_floats<kRows, kThreads>(dev::shared_to_generic(dst), src, row0, rows_valid, tid);
   }
 }
 

@@ -14,6 +14,25 @@ __device__ __forceinline__ u32 smem_addr(const void* p) {
   return r;
 }
 
+/// This thread's lane, read afresh: kernels at their register limit use it instead of holding a
+/// lane value (or values derived from it) across a long loop.
+__device__ __forceinline__ int lane_id() {
+  int lane;
+  asm volatile("mov.u32 %0, %%laneid;\n" : "=r"(lane));
+  return lane;
+}
+/// The generic address of shared-window address `a` (the inverse of smem_addr).
+__device__ __forceinline__ char* shared_to_generic(u32 a) {
+  unsigned long long g;
+  asm("cvta.shared.u64 %0, %1;" : "=l"(g) : "l"(static_cast<unsigned long long>(a)));
+  return reinterpret_cast<char*>(g);
+}
+/// Two floats from shared memory at a 32-bit shared address (a generic pointer would hold two
+/// registers). Volatile, so it stays below the barrier that publishes the data.
+__device__ __forceinline__ void lds_f32x2(u32 a, float& x, float& y) {
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(x), "=f"(y) : "r"(a));
+}
+
 // ---- cp.async: global -> shared without registers; src_bytes < size zero-fills the rest -------
 template <int kBytes>
 __device__ __forceinline__ void cp_async(u32 dst, const void* src, bool valid) {
