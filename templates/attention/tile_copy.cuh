@@ -160,9 +160,10 @@ template <int kRows, int kThreads>
 __device__ __forceinline__ void load_floats_wide(dev::u32 dst, const float* src, int row0,
                                                  int rows_valid, int tid) {
   static_assert(kRows % 4 == 0 && kRows / 4 <= kThreads, "one 16-byte copy per thread at most");
-  const bool aligned = (reinterpret_cast<unsigned long long>(src + row0) & 15u) == 0;
+  // row0 is a multiple of kRows (a multiple of 4), so the source row's alignment decides.
+  const bool aligned = (reinterpret_cast<unsigned long long>(src) & 15u) == 0 && row0 % 4 == 0;
   if (aligned && row0 + kRows <= rows_valid) {
-    if (tid < kRows / 4) dev::cp_async<16>(dst + 16 * tid, src + row0 + 4 * tid, true);
+    dev::cp_async16_if(tid < kRows / 4, dst + 16 * tid, src + row0 + 4 * tid);
   } else {
     load_floats<kRows, kThreads>(dev::shared_to_generic(dst), src, row0, rows_valid, tid);
   }

@@ -45,6 +45,14 @@ __device__ __forceinline__ void cp_async(u32 dst, const void* src, bool valid) {
                  "n"(kBytes), "r"(src_bytes));
   }
 }
+/// A 16-byte cp.async issued only where `pred` holds, as a predicated instruction: no branch, so
+/// a warp whose lanes disagree does not diverge around it.
+__device__ __forceinline__ void cp_async16_if(bool pred, u32 dst, const void* src) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %0, 0;\n@p cp.async.cg.shared.global [%1], [%2], 16;\n}\n" ::"r"(
+          static_cast<int>(pred)),
+      "r"(dst), "l"(src));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
