@@ -43,6 +43,18 @@ __device__ __forceinline__ void red_add2(float* addr, float a, float b) {
 #endif
 }
 
+// stmatrix (sm_90): four 8x8 b16 matrices; register i is matrix i in the MMA accumulator layout
+// (thread t: row t / 4, columns 2 (t % 4) and + 1); thread t supplies the row address of matrix
+// t / 8. Here rather than in common/ptx.cuh: only this kernel stores fragments to shared memory.
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void stmatrix_x4(dev::u32 addr, dev::u32 r0, dev::u32 r1, dev::u32 r2,
+                                            dev::u32 r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
+               "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+#endif
+
 __device__ __forceinline__ float warp_sum(float x) {  // fixed butterfly: deterministic
   for (int m = 16; m >= 1; m >>= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
   return x;
@@ -109,19 +121,20 @@ struct BwdDkvKernel {
     return smem + kStagesOffset + stage * kStageBytes;
   }
 
+  // The streamed query tile, dO, lse and delta of block m_block into stage `stage`: whole tiles
+  // copy without per-row checks (load_rows), and nothing here is held across iterations.
   __device__ __forceinline__ void load_query_block(int m_block, int stage) const {
-    using namespace bwd_detail;
     const int m0 = m_block * C::kBlockM;
-    char* base = stage_base(stage);
-    load_folded<QTile, C::kBlockM, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
+    const dev::u32 base = dev::smem_addr(smem) + kStagesOffset + stage * kStageBytes;
+    load_rows<QTile, C::kBlockM, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
         base, p.q_std, q_std_off, p.k_low, k_low_off, m0, p.seqlen_q, tid);
-    load_plain<OTile, C::kBlockM, C::kHeadDim, C::kThreads>(base + QTile::kBytes, p.d_o, o_off, m0,
-                                                            p.seqlen_q, tid);
+    load_rows<OTile, C::kBlockM, C::kHeadDim, 0, 8, C::kThreads>(
+        base + QTile::kBytes, p.d_o, o_off, p.d_o, o_off, m0, p.seqlen_q, tid);
     const index_t row_base = static_cast<index_t>(bh) * p.seqlen_q;
-    load_floats<C::kBlockM, C::kThreads>(base + QTile::kBytes + OTile::kBytes,
-                                         p.lse_log2 + row_base, m0, p.seqlen_q, tid);
-    load_floats<C::kBlockM, C::kThreads>(base + QTile::kBytes + OTile::kBytes + 4 * C::kBlockM,
-                                         p.delta + row_base, m0, p.seqlen_q, tid);
+    load_floats_wide<C::kBlockM, C::kThreads>(base + QTile::kBytes + OTile::kBytes,
+                                              p.lse_log2 + row_base, m0, p.seqlen_q, tid);
+    load_floats_wide<C::kBlockM, C::kThreads>(base + QTile::kBytes + OTile::kBytes + 4 * C::kBlockM,
+                                              p.delta + row_base, m0, p.seqlen_q, tid);
   }
 
   // Warp roles. Unsplit (warps == block_n / 16): each warp owns 16 key rows and does everything.
@@ -195,6 +208,62 @@ struct BwdDkvKernel {
         float* out = p.dw_partial + 2 * (static_cast<index_t>(bh) * p.num_n_blocks + n_block);
         out[0] = t0;
         out[1] = t1;
+      }
+    }
+  }
+
+  // P^T = exp2(S^T scale log2e + bias - LSE log2e) in place of S^T; with kDoK also
+  // dS^T = P^T (dP^T - Delta) in place of dP^T, summed into col_sum. Elementwise only (no shuffle,
+  // ldmatrix or MMA), so warps may take different copies. Masked: query column m0 + c0 + k is
+  // visible to this thread's key row of `half` iff first[half] <= k <= last, with c0 this
+  // thread's first column; first folds the causal diagonal and the end of the keys, last the end
+  // of the queries, so the test is two compares against compile-time k.
+  template <bool kMasked, bool kDoK>
+  __device__ __forceinline__ void probs_and_grads(float (&st)[kMTiles][4],
+                                                  float (&dpt)[kDoK ? kMTiles : 1][4],
+                                                  float (&col_sum)[2], const float (&bias_row)[2],
+                                                  const float* lse_s, const float* delta_s, int m0,
+                                                  int key_row0) const {
+    using namespace bwd_detail;
+    int first[2] = {0, 0}, last = 0;
+    if constexpr (kMasked) {
+      const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+      const int c0 = m0 + 2 * (lane % 4);
+      last = seqlen_q - 1 - c0;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int j = n0 + key_row0 + 8 * half;
+        // Key j is visible to queries i >= j - diag (causal); a key past the end to none.
+        const int first_query =
+            j >= seqlen_k ? seqlen_q : C::Mask::kCausal ? j - (seqlen_k - seqlen_q) : 0;
+        first[half] = first_query - c0;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kMTiles; ++nt) {
+      const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + nt * 8 + 2 * (lane % 4));
+      float2 del2 = make_float2(0.f, 0.f);
+      if constexpr (kDoK) {
+        del2 = *reinterpret_cast<const float2*>(delta_s + nt * 8 + 2 * (lane % 4));
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float x =
+              fmaf(st[nt][half * 2 + e], p.scale_log2, bias_row[half]) - (e ? lse2.y : lse2.x);
+          if constexpr (kMasked) {
+            const int k = nt * 8 + e;
+            if (k < first[half] || k > last) x = neg_inf();
+          }
+          const float pe = dev::exp2_approx(x);
+          st[nt][half * 2 + e] = pe;
+          if constexpr (kDoK) {
+            const float ds = pe * (dpt[nt][half * 2 + e] - (e ? del2.y : del2.x));
+            dpt[nt][half * 2 + e] = ds;
+            col_sum[half] += ds;
+          }
+        }
       }
     }
   }
@@ -286,35 +355,16 @@ struct BwdDkvKernel {
         }
       }
 
-      // P^T = exp2(S^T scale log2e + bias - LSE log2e); dS^T = P^T (dP^T - Delta).
-      bool needs_mask = m0 + C::kBlockM > seqlen_q || n0 + C::kBlockN > seqlen_k;
-      if constexpr (C::Mask::kCausal) needs_mask = needs_mask || n0 + C::kBlockN - 1 > m0 + diag;
-#pragma unroll
-      for (int nt = 0; nt < kMTiles; ++nt) {
-        const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + nt * 8 + 2 * (lane % 4));
-        float2 del2 = make_float2(0.f, 0.f);
-        if constexpr (kDoK) del2 = *reinterpret_cast<const float2*>(delta_s + nt * 8 + 2 * (lane % 4));
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float x = fmaf(st[nt][half * 2 + e], p.scale_log2, bias_row[half]) - (e ? lse2.y : lse2.x);
-            if (needs_mask) {
-              const int j = n0 + key_row0 + 8 * half;
-              const int i = m0 + nt * 8 + 2 * (lane % 4) + e;
-              const bool visible =
-                  j < seqlen_k && i < seqlen_q && (!C::Mask::kCausal || j <= i + diag);
-              if (!visible) x = neg_inf();
-            }
-            const float pe = dev::exp2_approx(x);
-            st[nt][half * 2 + e] = pe;
-            if constexpr (kDoK) {
-              const float ds = pe * (dpt[nt][half * 2 + e] - (e ? del2.y : del2.x));
-              dpt[nt][half * 2 + e] = ds;
-              col_sum[half] += ds;
-            }
-          }
-        }
+      // P^T and dS^T. A separate copy per case: with the mask test inside one copy, the compiler
+      // if-converts it and every tile pays the compares and selects. The test is per warp (its 16
+      // key rows), so only the warps that cross the diagonal or an end take the masked copy.
+      const int warp_key0 = n0 + 16 * row_warp;
+      bool masked = m0 + C::kBlockM > seqlen_q || warp_key0 + 16 > seqlen_k;
+      if constexpr (C::Mask::kCausal) masked = masked || warp_key0 + 15 > m0 + diag;
+      if (masked) {
+        probs_and_grads<true, kDoK>(st, dpt, col_sum, bias_row, lse_s, delta_s, m0, key_row0);
+      } else {
+        probs_and_grads<false, kDoK>(st, dpt, col_sum, bias_row, lse_s, delta_s, m0, key_row0);
       }
 
       // dV += P^T dO and dKr += dS^T qr: the accumulators of two n8 tiles are one k16 A fragment.
@@ -356,6 +406,20 @@ struct BwdDkvKernel {
         // every kGroups-th pair of n8 column tiles.
         char* ds_base = smem + kDsOffset;
         if constexpr (kDoK) {
+#if __CUDA_ARCH__ >= 900
+          // One stmatrix per two n8 tiles (matrix i: tile nt + i / 2, key rows + 8 (i % 2)) instead
+          // of four 4-byte stores.
+          const int frag = lane / 8;
+          const dev::u32 row_addr =
+              dev::smem_addr(ds_base) +
+              2 * STile::offset(16 * row_warp + 8 * (frag % 2) + lane % 8, 8 * (frag / 2));
+#pragma unroll
+          for (int nt = 0; nt < kMTiles; nt += 2) {
+            stmatrix_x4(row_addr + 2 * nt * 8, E::pack(dpt[nt][0], dpt[nt][1]),
+                        E::pack(dpt[nt][2], dpt[nt][3]), E::pack(dpt[nt + 1][0], dpt[nt + 1][1]),
+                        E::pack(dpt[nt + 1][2], dpt[nt + 1][3]));
+          }
+#else
 #pragma unroll
           for (int nt = 0; nt < kMTiles; ++nt)
 #pragma unroll
@@ -364,14 +428,20 @@ struct BwdDkvKernel {
                   ds_base + 2 * STile::offset(key_row0 + 8 * half, nt * 8 + 2 * (lane % 4))) =
                   E::pack(dpt[nt][half * 2], dpt[nt][half * 2 + 1]);
             }
+#endif
         }
         __syncthreads();
         constexpr int kGroups = C::kWarps / kMSteps;
         static_assert(C::kWarps % kMSteps == 0, "every warp takes a whole query row tile");
         const int rt = warp % kMSteps, group = warp / kMSteps;
         const dev::u32 ds_smem = dev::smem_addr(ds_base);
-        float* gq = p.gq + static_cast<index_t>(bh) * seqlen_q * C::kDqk;
-        for (int np = group; np < C::kDqkPad / 16; np += kGroups) {
+        // Column pairs group, group + kGroups, ...: each reduction address is this thread's first
+        // one plus a constant, advanced once per pair. Not unrolled: two pairs in flight spill.
+        const int i0 = m0 + rt * 16 + lane / 4;  // this thread's first query row; the second is +8
+        float* gq = p.gq + (static_cast<index_t>(bh) * seqlen_q + i0) * C::kDqk + group * 16 +
+                    2 * (lane % 4);
+#pragma unroll 1
+        for (int np = group; np < C::kDqkPad / 16; np += kGroups, gq += kGroups * 16) {
           float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
           for (int ks = 0; ks < C::kBlockN / 16; ++ks) {
@@ -387,11 +457,10 @@ struct BwdDkvKernel {
           for (int t = 0; t < 2; ++t)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
-              const int i = m0 + rt * 16 + lane / 4 + 8 * half;
               const int c = np * 16 + 8 * t + 2 * (lane % 4);
-              if (i < seqlen_q && c < C::kDqk) {  // kDqk % 4 == 0: c and c + 1 are both valid
-                red_add2(gq + static_cast<index_t>(i) * C::kDqk + c, acc[t][half * 2],
-                         acc[t][half * 2 + 1]);
+              // kDqk % 4 == 0: c and c + 1 are both valid (and every c is when nothing is padded).
+              if (i0 + 8 * half < seqlen_q && (C::kDqk == C::kDqkPad || c < C::kDqk)) {
+                red_add2(gq + 8 * half * C::kDqk + 8 * t, acc[t][half * 2], acc[t][half * 2 + 1]);
               }
             }
         }
@@ -500,18 +569,66 @@ struct BwdDqKernel {
     return smem + kStagesOffset + stage * kStageBytes;
   }
 
+  // The streamed key tile, V and bias of key tile `tile` into stage `stage` (see
+  // BwdDkvKernel::load_query_block).
   __device__ __forceinline__ void load_key_block(int tile, int stage) const {
-    using namespace bwd_detail;
     const int n0 = tile * C::kBlockN;
-    char* base = stage_base(stage);
-    load_folded<KTile, C::kBlockN, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
+    const dev::u32 base = dev::smem_addr(smem) + kStagesOffset + stage * kStageBytes;
+    load_rows<KTile, C::kBlockN, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
         base, p.k_std, k_std_off, p.q_low, q_low_off, n0, p.seqlen_k, tid);
-    load_plain<VTile, C::kBlockN, C::kHeadDim, C::kThreads>(base + KTile::kBytes, p.v, v_off, n0,
-                                                            p.seqlen_k, tid);
+    load_rows<VTile, C::kBlockN, C::kHeadDim, 0, 8, C::kThreads>(
+        base + KTile::kBytes, p.v, v_off, p.v, v_off, n0, p.seqlen_k, tid);
     if constexpr (C::Bias::kHasBias) {
-      load_floats<C::kBlockN, C::kThreads>(base + KTile::kBytes + VTile::kBytes,
-                                           p.bias + b * p.bias_batch_stride + h * p.bias_head_stride,
-                                           n0, p.seqlen_k, tid);
+      load_floats_wide<C::kBlockN, C::kThreads>(
+          base + KTile::kBytes + VTile::kBytes,
+          p.bias + b * p.bias_batch_stride + h * p.bias_head_stride, n0, p.seqlen_k, tid);
+    }
+  }
+
+  // dS = exp2(S scale log2e + bias - LSE log2e) (dP - Delta) in place of S. Elementwise only, so
+  // warps may take different copies. Masked: key column n0 + c0 + k is visible to this thread's
+  // row of `half` iff k <= last[half], with c0 this thread's first column; last folds the causal
+  // diagonal, the end of the keys and the end of the queries into one compare.
+  template <bool kMasked>
+  __device__ __forceinline__ void probs_to_grads(float (&s)[kNTiles][4],
+                                                 const float (&dp)[kNTiles][4],
+                                                 const float* bias_s, float bias_log2,
+                                                 const float (&lse_row)[2],
+                                                 const float (&delta_row)[2], int n0,
+                                                 int local_row0) const {
+    using namespace bwd_detail;
+    int last[2] = {0, 0};
+    if constexpr (kMasked) {
+      const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+      const int c0 = n0 + 2 * (lane % 4);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = m0 + local_row0 + 8 * half;
+        int last_key = seqlen_k - 1;
+        if constexpr (C::Mask::kCausal) last_key = min(i + (seqlen_k - seqlen_q), last_key);
+        if (i >= seqlen_q) last_key = -1;  // a row past the end sees no key
+        last[half] = last_key - c0;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      float2 bias2 = make_float2(0.f, 0.f);
+      if constexpr (C::Bias::kHasBias) {
+        bias2 = *reinterpret_cast<const float2*>(bias_s + nt * 8 + 2 * (lane % 4));
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float x = fmaf(s[nt][half * 2 + e], p.scale_log2, (e ? bias2.y : bias2.x) * bias_log2) -
+                    lse_row[half];
+          if constexpr (kMasked) {
+            if (nt * 8 + e > last[half]) x = neg_inf();
+          }
+          const float pe = dev::exp2_approx(x);
+          s[nt][half * 2 + e] = pe * (dp[nt][half * 2 + e] - delta_row[half]);  // dS
+        }
+      }
     }
   }
 
@@ -605,31 +722,15 @@ struct BwdDqKernel {
         }
       }
 
-      bool needs_mask = m0 + C::kBlockM > seqlen_q || n0 + C::kBlockN > seqlen_k;
-      if constexpr (C::Mask::kCausal) needs_mask = needs_mask || n0 + C::kBlockN - 1 > m0 + diag;
-#pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
-        float2 bias2 = make_float2(0.f, 0.f);
-        if constexpr (C::Bias::kHasBias) {
-          bias2 = *reinterpret_cast<const float2*>(bias_s + nt * 8 + 2 * (lane % 4));
-        }
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float x = fmaf(s[nt][half * 2 + e], p.scale_log2, (e ? bias2.y : bias2.x) * bias_log2) -
-                      lse_row[half];
-            if (needs_mask) {
-              const int i = m0 + local_row0 + 8 * half;
-              const int j = n0 + nt * 8 + 2 * (lane % 4) + e;
-              const bool visible =
-                  j < seqlen_k && i < seqlen_q && (!C::Mask::kCausal || j <= i + diag);
-              if (!visible) x = neg_inf();
-            }
-            const float pe = dev::exp2_approx(x);
-            s[nt][half * 2 + e] = pe * (dp[nt][half * 2 + e] - delta_row[half]);  // dS
-          }
-        }
+      // dS, with a separate copy for the tiles this warp's 16 rows see only in part (as in the
+      // dK/dV kernel).
+      const int warp_row0 = m0 + 16 * warp;
+      bool masked = n0 + C::kBlockN > seqlen_k || warp_row0 + 16 > seqlen_q;
+      if constexpr (C::Mask::kCausal) masked = masked || n0 + C::kBlockN - 1 > warp_row0 + diag;
+      if (masked) {
+        probs_to_grads<true>(s, dp, bias_s, bias_log2, lse_row, delta_row, n0, local_row0);
+      } else {
+        probs_to_grads<false>(s, dp, bias_s, bias_log2, lse_row, delta_row, n0, local_row0);
       }
 
       // Gq += dS kf.
