@@ -90,7 +90,7 @@ struct WgmmaFwdKernel {
   const FwdParams& p;
   char* smem;  // 1024-byte aligned
   u32 smem_s;  // the same, as a shared-window address: what the main loop uses (one register)
-  int tid, warp, lane, group, warp_in_group;
+  int tid, warp, group, warp_in_group;  // lanes are read afresh where needed (dev::lane_id)
   int b, h, m0;
   index_t q_std_off, k_low_off, k_std_off, q_low_off, v_off;
   // Descriptors of this warpgroup's Q rows and of stage 0's K and V tiles; other k-steps and
@@ -247,7 +247,7 @@ struct WgmmaFwdKernel {
     // One pass over the columns serves both of this thread's rows: each bias pair is read from
     // shared memory, scaled by w_disc * log2(e) and used twice, then dies (no per-tile bias array
     // held in registers).
-    const int lane = dev::lane_id();  // not the member: see lane_id()
+    const int lane = dev::lane_id();
     const u32 bias_smem = C::Bias::kHasBias ? stage_bias(stage) + 8 * (lane % 4) : 0;
     float mx[2] = {row_max[0], row_max[1]};
     // Masked tiles: key column c is visible to this thread's row of `half` iff c <= last[half]
@@ -490,7 +490,6 @@ __device__ __forceinline__ void fwd_wgmma(const FwdParams& p) {
   WgmmaFwdKernel<Config> k{p, smem, dev::smem_addr(smem)};
   k.tid = static_cast<int>(threadIdx.x);
   k.warp = k.tid / 32;
-  k.lane = k.tid % 32;
   k.group = k.warp / 4;
   k.warp_in_group = k.warp % 4;
   k.b = bh / p.heads;
