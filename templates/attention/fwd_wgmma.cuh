@@ -90,7 +90,11 @@ struct WgmmaFwdKernel {
   const FwdParams& p;
   char* smem;  // 1024-byte aligned
   u32 smem_s;  // the same, as a shared-window address: what the main loop uses (one register)
-  int tid, warp, group, warp_in_group;  // lanes are read afresh where needed (dev::lane_id)
+  int tid, warp, group, warp_in_group;
+  // This CTA's bias row beta[b, h, :], set once. It is the same for every thread (uniform
+  // registers); recomputing it per tile from the batch and head strides cost 6% of the kernel's
+  // time (docs/perf-notes.md, v4c). The same for the key-side operands spills at 128 registers.
+  const float* bias_row;  // lanes are read afresh where needed (dev::lane_id)
   int b, h, m0;
   index_t q_std_off, k_low_off, k_std_off, q_low_off, v_off;
   // Descriptors of this warpgroup's Q rows and of stage 0's K and V tiles; other k-steps and
@@ -134,9 +138,7 @@ struct WgmmaFwdKernel {
     load_rows<VTile, C::kBlockN, C::kHeadDim, 0, 8, C::kThreads>(base + C::kKBytes, p.v, v_off,
                                                                   p.v, v_off, n0, p.seqlen_k, tid);
     if constexpr (C::Bias::kHasBias) {
-      load_floats_wide<C::kBlockN, C::kThreads>(
-          stage_bias(stage),
-          p.bias + b * p.bias_batch_stride + h * p.bias_head_stride, n0, p.seqlen_k, tid);
+      load_floats_wide<C::kBlockN, C::kThreads>(stage_bias(stage), bias_row, n0, p.seqlen_k, tid);
     }
   }
 
@@ -336,6 +338,9 @@ struct WgmmaFwdKernel {
     const int n_tiles = n_end > 0 ? (n_end + C::kBlockN - 1) / C::kBlockN : 0;
 
     init_descriptors();
+    if constexpr (C::Bias::kHasBias) {
+      bias_row = p.bias + b * p.bias_batch_stride + h * p.bias_head_stride;
+    }
 
     // Stage barriers, then the query tile and the first kStages - 2 key tiles; each iteration
     // then loads one tile ahead (see the loop).
