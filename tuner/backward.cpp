@@ -281,11 +281,13 @@ BackwardRecord backward(const BackwardArgs& a) {
   BackwardRecord rec;
   rec.dkv_tile = dkv_tile;
   void* args[] = {&p};
-  const auto rows_q = static_cast<unsigned long long>(d.B * d.H * d.Tq);
-  const unsigned row_blocks = static_cast<unsigned>((rows_q + 7) / 8);  // one warp per row
   const unsigned bh = static_cast<unsigned>(d.B * d.H);
+  // Row kernels: grid (batch * heads, query blocks of kAuxRowsPerCta); <= 65535 blocks, since
+  // seqlen_q <= kMaxGridY * 64 (checked above).
+  const auto row_blocks =
+      static_cast<unsigned>((d.Tq + attn::kAuxRowsPerCta - 1) / attn::kAuxRowsPerCta);
   try {
-    rt::launch(pre.kernel, row_blocks, 1, 1, attn::kAuxThreadsHost, 0, a.stream, args);
+    rt::launch(pre.kernel, bh, row_blocks, 1, attn::kAuxThreadsHost, 0, a.stream, args);
     rec.kernels.push_back(pre.kernel.name);
     rt::launch(dkv.kernel, bh, static_cast<unsigned>(p.num_n_blocks), 1,
                static_cast<unsigned>(dkv_tile.warps * 32), static_cast<unsigned>(dkv.shared_bytes),
@@ -296,7 +298,7 @@ BackwardRecord backward(const BackwardArgs& a) {
                  static_cast<unsigned>(dq_tile.warps * 32),
                  static_cast<unsigned>(second.shared_bytes), a.stream, args);
     } else {
-      rt::launch(second.kernel, row_blocks, 1, 1, attn::kAuxThreadsHost, 0, a.stream, args);
+      rt::launch(second.kernel, bh, row_blocks, 1, attn::kAuxThreadsHost, 0, a.stream, args);
     }
     rec.kernels.push_back(second.kernel.name);
     if (need_finalize) {

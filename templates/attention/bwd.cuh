@@ -795,64 +795,202 @@ __device__ __forceinline__ void bwd_dq(const BwdParams& p) {
   k.run();
 }
 
-// ---- small kernels: one warp per (b, h, row), or one CTA per head ----------------------------
+// ---- small kernels: 64 query rows of one (b, h) per CTA, or one CTA per head -----------------
 inline constexpr int kAuxThreads = kAuxThreadsHost;
+inline constexpr int kAuxRows = kAuxRowsPerCta;
+
+namespace bwd_detail {
+
+// Global accesses as inline PTX: NVRTC without headers has no vector helpers, and `.global`
+// keeps them LDG/STG rather than generic loads.
+/// v = the 16 bytes at `a` where `pred` holds, else zeros; predicated, so no branch.
+__device__ __forceinline__ void ld_v4_if(bool pred, const void* a, dev::u32 (&v)[4]) {
+  asm("{\n.reg .pred p;\nsetp.ne.b32 p, %4, 0;\nmov.b32 %0, 0;\nmov.b32 %1, 0;\nmov.b32 %2, 0;\n"
+      "mov.b32 %3, 0;\n@p ld.global.v4.u32 {%0, %1, %2, %3}, [%5];\n}\n"
+      : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
+      : "r"(static_cast<int>(pred)), "l"(a));
+}
+/// The 4-byte fallback of ld_v4_if, for views whose rows are only 4-byte aligned.
+__device__ __forceinline__ void ld_4x32_if(bool pred, const void* a, dev::u32 (&v)[4]) {
+  asm("{\n.reg .pred p;\nsetp.ne.b32 p, %4, 0;\nmov.b32 %0, 0;\nmov.b32 %1, 0;\nmov.b32 %2, 0;\n"
+      "mov.b32 %3, 0;\n@p ld.global.u32 %0, [%5];\n@p ld.global.u32 %1, [%5+4];\n"
+      "@p ld.global.u32 %2, [%5+8];\n@p ld.global.u32 %3, [%5+12];\n}\n"
+      : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
+      : "r"(static_cast<int>(pred)), "l"(a));
+}
+__device__ __forceinline__ void st_zero_v4(float* a) {
+  asm volatile("st.global.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"l"(a), "r"(0u) : "memory");
+}
+__device__ __forceinline__ void st_v2(void* a, dev::u32 x, dev::u32 y) {
+  asm volatile("st.global.v2.u32 [%0], {%1, %2};\n" ::"l"(a), "r"(x), "r"(y) : "memory");
+}
+__device__ __forceinline__ void st_u32(void* a, dev::u32 x) {
+  asm volatile("st.global.u32 [%0], %1;\n" ::"l"(a), "r"(x) : "memory");
+}
+
+/// Whether every row of a 16-bit (b, h, row, col) view starts on a `kBytes` boundary: the
+/// facade checks O and dO for 16 bytes and the gradients for 4 only, so wider accesses test
+/// this once per kernel (the answer is uniform over the grid).
+template <int kBytes>
+__device__ __forceinline__ bool rows_aligned(const void* ptr, index_t batch_stride,
+                                             index_t head_stride, index_t row_stride) {
+  constexpr index_t kElems = kBytes / 2;
+  return (reinterpret_cast<unsigned long long>(ptr) % kBytes) == 0 &&
+         ((batch_stride | head_stride | row_stride) & (kElems - 1)) == 0;
+}
+
+/// O . dO over the 16-byte chunks this thread owns of local rows `group + pass * kRowsPerPass`
+/// (threads `kGroup` apart in the row: each load instruction covers kGroup * 16 contiguous
+/// bytes of a row). All loads are issued before any arithmetic, rows past `rows` read zeros.
+template <class E, int kHeadDim, int kGroup, int kPasses, bool kWide>
+__device__ __forceinline__ void row_dots(float (&acc)[kPasses], const dev::u16* o, index_t o_rs,
+                                         const dev::u16* d_o, index_t d_o_rs, int group, int part,
+                                         int rows) {
+  constexpr int kPerThread = kHeadDim / 8 / kGroup;
+  constexpr int kRowsPerPass = kAuxThreads / kGroup;
+  dev::u32 x[kPasses][kPerThread][4], y[kPasses][kPerThread][4];
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int r = pass * kRowsPerPass + group;
+    const bool valid = r < rows;
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int col = 8 * (part + kGroup * k);
+      const dev::u16* a = o + r * o_rs + col;
+      const dev::u16* g = d_o + r * d_o_rs + col;
+      if constexpr (kWide) {
+        ld_v4_if(valid, a, x[pass][k]);
+        ld_v4_if(valid, g, y[pass][k]);
+      } else {
+        ld_4x32_if(valid, a, x[pass][k]);
+        ld_4x32_if(valid, g, y[pass][k]);
+      }
+    }
+  }
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k)
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        s = fmaf(E::lo(x[pass][k][w]), E::lo(y[pass][k][w]), s);
+        s = fmaf(E::hi(x[pass][k][w]), E::hi(y[pass][k][w]), s);
+      }
+    acc[pass] = s;
+  }
+}
+
+}  // namespace bwd_detail
 
 /// Delta_i = dO_i . O_i and LSE_i * log2(e) (+inf for rows that saw no key, so that every P of
-/// that row recomputes to 0); zeroes the row's fp32 Gq accumulator when there is one.
+/// that row recomputes to 0); zeroes the rows' fp32 Gq accumulator when there is one.
+/// Grid (batch * heads, ceil(seqlen_q / kAuxRows)): kGroup threads share a row, 16 bytes of O
+/// and dO per load, then a log2(kGroup)-step butterfly inside the group (fixed order).
 template <class E, int kDStd, int kR, int kHeadDim>
 __device__ __forceinline__ void bwd_preprocess(const BwdParams& p) {
   using namespace bwd_detail;
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  const index_t row = static_cast<index_t>(blockIdx.x) * (kAuxThreads / 32) + threadIdx.x / 32;
-  const index_t rows = static_cast<index_t>(p.batch) * p.heads * p.seqlen_q;
-  if (row >= rows) return;
-  const int i = static_cast<int>(row % p.seqlen_q);
-  const int bh = static_cast<int>(row / p.seqlen_q);
-  const int b = bh / p.heads, h = bh % p.heads;
+  constexpr int kChunks = kHeadDim / 8;              // 16-byte chunks of an O / dO row
+  constexpr int kGroup = kChunks % 8 == 0 ? 8 : 4;   // threads per row: d96 -> 4 x 3 chunks
+  constexpr int kRowsPerPass = kAuxThreads / kGroup;
+  constexpr int kPasses = kAuxRows / kRowsPerPass;
+  constexpr int kGqQuads = (kDStd + kR) / 4;          // 16-byte chunks of a Gq row
+  static_assert(kChunks % kGroup == 0 && kAuxRows % kRowsPerPass == 0, "row split");
+  static_assert(kDStd % 4 == 0 && kR % 4 == 0, "Gq rows are whole 16-byte chunks (check_spec)");
+  const int tid = static_cast<int>(threadIdx.x);
+  const int bh = static_cast<int>(blockIdx.x);
+  const int b = bh / p.heads, h = bh - b * p.heads;
+  const int i0 = static_cast<int>(blockIdx.y) * kAuxRows;
+  const int rows = min(kAuxRows, p.seqlen_q - i0);
+  const index_t row0 = static_cast<index_t>(bh) * p.seqlen_q + i0;  // index in (B, H, Tq)
+  const int group = tid / kGroup, part = tid % kGroup;
+
   const dev::u16* o = static_cast<const dev::u16*>(p.o.ptr) + b * p.o.batch_stride +
-                      h * p.o.head_stride + i * p.o.row_stride;
+                      h * p.o.head_stride + i0 * p.o.row_stride;
   const dev::u16* d_o = static_cast<const dev::u16*>(p.d_o.ptr) + b * p.d_o.batch_stride +
-                        h * p.d_o.head_stride + i * p.d_o.row_stride;
-  float acc = 0.f;
-  for (int c = 2 * lane; c < kHeadDim; c += 64) {
-    const dev::u32 x = *reinterpret_cast<const dev::u32*>(o + c);
-    const dev::u32 y = *reinterpret_cast<const dev::u32*>(d_o + c);
-    acc += E::lo(x) * E::lo(y) + E::hi(x) * E::hi(y);
+                        h * p.d_o.head_stride + i0 * p.d_o.row_stride;
+  float acc[kPasses];
+  if (rows_aligned<16>(p.o.ptr, p.o.batch_stride, p.o.head_stride, p.o.row_stride) &&
+      rows_aligned<16>(p.d_o.ptr, p.d_o.batch_stride, p.d_o.head_stride, p.d_o.row_stride)) {
+    row_dots<E, kHeadDim, kGroup, kPasses, true>(acc, o, p.o.row_stride, d_o, p.d_o.row_stride,
+                                                 group, part, rows);
+  } else {
+    row_dots<E, kHeadDim, kGroup, kPasses, false>(acc, o, p.o.row_stride, d_o, p.d_o.row_stride,
+                                                  group, part, rows);
   }
-  acc = warp_sum(acc);
-  if (lane == 0) {
-    p.delta[row] = acc;
-    const float lse = p.lse[row];
-    p.lse_log2[row] = lse == neg_inf() ? pos_inf() : lse * kLog2e;
+  // lse -> lse_log2 for the CTA's rows, one per thread: coalesced, independent of the groups.
+  if (tid < rows) {
+    const float lse = p.lse[row0 + tid];
+    p.lse_log2[row0 + tid] = lse == neg_inf() ? pos_inf() : lse * kLog2e;
+  }
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    float s = acc[pass];
+#pragma unroll
+    for (int m = kGroup / 2; m >= 1; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
+    const int r = pass * kRowsPerPass + group;
+    if (part == 0 && r < rows) p.delta[row0 + r] = s;
   }
   if (p.gq != nullptr) {
-    for (int c = lane; c < kDStd + kR; c += 32) p.gq[row * (kDStd + kR) + c] = 0.f;
+    // The CTA's Gq rows are one contiguous span (rows of Ds + R fp32, 16-byte aligned).
+    float* gq = p.gq + row0 * (kDStd + kR);
+    const int quads = rows * kGqQuads;
+#pragma unroll 4
+    for (int k = tid; k < quads; k += kAuxThreads) st_zero_v4(gq + 4 * k);
   }
 }
 
 /// dq_std = scale * w_std * Gq[:Ds] and dk_low = scale * w_rec * Gq[Ds:] from the fp32 workspace
-/// (gates omitted when the accumulator already carries them).
+/// (gates omitted when the accumulator already carries them). Grid as bwd_preprocess; the CTA's
+/// Gq span is read as 16-byte chunks spread over all threads (a chunk never straddles Ds, which
+/// is a multiple of 4), each written back as one 8-byte store, or two 4-byte ones where the
+/// gradient views are only 4-byte aligned.
 template <class E, int kDStd, int kR, int kHeadDim>
 __device__ __forceinline__ void bwd_dq_convert(const BwdParams& p) {
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  const index_t row = static_cast<index_t>(blockIdx.x) * (kAuxThreads / 32) + threadIdx.x / 32;
-  const index_t rows = static_cast<index_t>(p.batch) * p.heads * p.seqlen_q;
-  if (row >= rows) return;
-  const int i = static_cast<int>(row % p.seqlen_q);
-  const int bh = static_cast<int>(row / p.seqlen_q);
-  const int b = bh / p.heads, h = bh % p.heads;
-  const float g_std = p.gq_gated || p.w_std == nullptr ? 1.f : p.w_std[h];
-  const float g_rec = p.gq_gated || p.w_rec == nullptr ? 1.f : p.w_rec[h];
-  const float* gq = p.gq + row * (kDStd + kR);
-  for (int c = 2 * lane; c < kDStd + kR; c += 64) {
-    const float2 x = *reinterpret_cast<const float2*>(gq + c);
-    if (c < kDStd) {
-      const float s = p.scale * g_std;
-      *bwd_detail::elem<dev::u32>(p.dq_std, b, h, i, c) = E::pack(s * x.x, s * x.y);
+  using namespace bwd_detail;
+  constexpr int kQuads = (kDStd + kR) / 4;  // 16-byte chunks of a Gq row
+  constexpr int kIters = (kAuxRows * kQuads + kAuxThreads - 1) / kAuxThreads;
+  static_assert(kDStd % 4 == 0 && kR % 4 == 0, "a chunk lies in one of dq_std, dk_low");
+  const int tid = static_cast<int>(threadIdx.x);
+  const int bh = static_cast<int>(blockIdx.x);
+  const int b = bh / p.heads, h = bh - b * p.heads;
+  const int i0 = static_cast<int>(blockIdx.y) * kAuxRows;
+  const int quads = min(kAuxRows, p.seqlen_q - i0) * kQuads;
+  const float* gq = p.gq + (static_cast<index_t>(bh) * p.seqlen_q + i0) * (kDStd + kR);
+  const float s_std = p.scale * (p.gq_gated || p.w_std == nullptr ? 1.f : p.w_std[h]);
+  const float s_rec = p.scale * (p.gq_gated || p.w_rec == nullptr ? 1.f : p.w_rec[h]);
+  dev::u16* dq = static_cast<dev::u16*>(p.dq_std.ptr) + b * p.dq_std.batch_stride +
+                 h * p.dq_std.head_stride + i0 * p.dq_std.row_stride;
+  dev::u16* dk = static_cast<dev::u16*>(p.dk_low.ptr) + b * p.dk_low.batch_stride +
+                 h * p.dk_low.head_stride + i0 * p.dk_low.row_stride;
+  const bool wide =
+      rows_aligned<8>(p.dq_std.ptr, p.dq_std.batch_stride, p.dq_std.head_stride,
+                      p.dq_std.row_stride) &&
+      (kR == 0 || rows_aligned<8>(p.dk_low.ptr, p.dk_low.batch_stride, p.dk_low.head_stride,
+                                  p.dk_low.row_stride));
+  dev::u32 v[kIters][4];
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    const int k = tid + it * kAuxThreads;
+    ld_v4_if(k < quads, gq + 4 * k, v[it]);
+  }
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    const int k = tid + it * kAuxThreads;
+    if (k >= quads) break;  // k grows with it: the rest are past the CTA's rows too
+    const int r = k / kQuads;            // constant divisor: a multiply and a shift
+    const int c = 4 * (k - r * kQuads);  // first column of the chunk in [0, Ds + R)
+    const bool is_std = kR == 0 || c < kDStd;
+    const float s = is_std ? s_std : s_rec;
+    dev::u16* dst = is_std ? dq + r * p.dq_std.row_stride + c
+                           : dk + r * p.dk_low.row_stride + (c - kDStd);
+    const dev::u32 lo = E::pack(s * __uint_as_float(v[it][0]), s * __uint_as_float(v[it][1]));
+    const dev::u32 hi = E::pack(s * __uint_as_float(v[it][2]), s * __uint_as_float(v[it][3]));
+    if (wide) {
+      st_v2(dst, lo, hi);
     } else {
-      const float s = p.scale * g_rec;
-      *bwd_detail::elem<dev::u32>(p.dk_low, b, h, i, c - kDStd) = E::pack(s * x.x, s * x.y);
+      st_u32(dst, lo);
+      st_u32(dst + 2, hi);
     }
   }
 }

@@ -65,6 +65,10 @@ RAJIT_HOST_DEVICE constexpr int bwd_dq_accumulator_registers(int d_std, int r, i
 
 inline constexpr int kBwdRegisterBudget = 144;  // measured: 160 spills (d96 bm64, d128 bm32)
 inline constexpr int kAuxThreadsHost = 256;  // block size of the small backward kernels
+// Query rows of one (b, h) per CTA of the row kernels (preprocess, Gq conversion): their grid is
+// (batch * heads, ceil(seqlen_q / 64)), so no thread divides a flat row index by seqlen_q, and
+// 64 keeps grid.y within 65535 for every seqlen_q the facade accepts.
+inline constexpr int kAuxRowsPerCta = 64;
 
 enum BwdTileRule : unsigned {
   kBwdBadBlockM = 1u << 0,    // dkv: 16, 32 or 64; dq: 64 or 128

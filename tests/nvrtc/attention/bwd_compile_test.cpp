@@ -23,6 +23,7 @@ struct Job {
   BackwardKernel kind;
   TileConfig tile;
   rajit::gen::Arch arch;
+  std::string aux_entry;  // entry suffix: "" except for the three kernels of the kAux module
 };
 
 struct Outcome {
@@ -42,13 +43,12 @@ std::vector<Outcome> compile_all(const std::vector<Job>& jobs) {
       for (std::size_t i = next++; i < jobs.size(); i = next++) {
         const Job& j = jobs[i];
         const auto src = rajit::gen::generate_backward(j.spec, j.kind, j.tile);
-        const std::string entry =
-            j.kind == BackwardKernel::kAux ? src.entry + "_preprocess" : src.entry;
+        const std::string entry = src.entry + j.aux_entry;
         rajit::rt::CompileRequest req{src.readable_key + ".cu", src.text, src.options,
                                       j.arch.name(), false, true, entry};
         const auto res = rajit::rt::compile(req);
         Outcome& o = out[i];
-        o.what = fmt::format("{} on {}", src.readable_key, j.arch.name());
+        o.what = fmt::format("{}{} on {}", src.readable_key, j.aux_entry, j.arch.name());
         o.ok = res.ok && !res.cubin.empty();
         o.registers = res.resources.registers;
         o.spill = res.resources.spill_store_bytes + res.resources.spill_load_bytes;
@@ -76,11 +76,13 @@ TEST_CASE("backward kernels: every valid tile of the grid specs compiles for sm_
   std::vector<Job> jobs;
   for (const auto& spec : specs)
     for (const auto& arch : {rajit::gen::parse_arch("sm_80"), rajit::gen::parse_arch("sm_90")}) {
-      jobs.push_back({spec, BackwardKernel::kAux, {}, arch});
+      for (const char* aux : {"_preprocess", "_convert", "_finalize"}) {
+        jobs.push_back({spec, BackwardKernel::kAux, {}, arch, aux});
+      }
       for (BackwardKernel k : {BackwardKernel::kDkv, BackwardKernel::kDkvAtomicDq, BackwardKernel::kDq}) {
         const auto tiles = rajit::gen::valid_backward_tiles(spec, k, arch.max_shared_bytes());
         CHECK(!tiles.empty());
-        for (const auto& tile : tiles) jobs.push_back({spec, k, tile, arch});
+        for (const auto& tile : tiles) jobs.push_back({spec, k, tile, arch, ""});
       }
     }
   for (const Outcome& o : compile_all(jobs)) {
