@@ -60,6 +60,17 @@ double number_field(const json& obj, const char* name, const std::string& where,
   return d;
 }
 
+// A whole number in [min, max]: what an int field may hold (converting anything else to int is
+// undefined behaviour, and the tune-file fuzzer found a driver_version of 1e10).
+int int_field(const json& obj, const char* name, const std::string& where, long long min,
+              long long max) {
+  const double d = number_field(obj, name, where, static_cast<double>(min));
+  if (d > static_cast<double>(max) || d != static_cast<double>(static_cast<long long>(d))) {
+    corrupt(fmt::format("{}.{}: {} must be a whole number in [{}, {}]", where, name, d, min, max));
+  }
+  return static_cast<int>(d);
+}
+
 gen::TileConfig tile_field(const json& obj, const char* name, const std::string& where) {
   const std::string key = string_field(obj, name, where);
   try {
@@ -199,7 +210,7 @@ TuneFile parse_tune_file(std::string_view text, const TuneFileLimits& limits) {
   out.meta.rajit_version = string_field(meta, "rajit_version", "meta");
   out.meta.template_set_hash = string_field(meta, "template_set_hash", "meta");
   out.meta.nvrtc_version = string_field(meta, "nvrtc_version", "meta");
-  out.meta.driver_version = static_cast<int>(number_field(meta, "driver_version", "meta"));
+  out.meta.driver_version = int_field(meta, "driver_version", "meta", 0, 1 << 30);
   const json& entries = field(root, "entries", "file");
   if (!entries.is_array()) corrupt("file.entries: must be an array");
   if (entries.size() > limits.max_entries) {
@@ -235,9 +246,7 @@ TuneFile parse_tune_file(std::string_view text, const TuneFileLimits& limits) {
     e.default_ms = number_field(j, "default_ms", where);
     // Negative when the winner took a tie (within 1%) from a slightly faster runner-up.
     e.runner_up_margin = number_field(j, "runner_up_margin", where, -1.0);
-    const double c = number_field(j, "candidates", where);
-    if (c > 1e6) corrupt(fmt::format("{}.candidates: {} is too large", where, c));
-    e.candidates = static_cast<int>(c);
+    e.candidates = int_field(j, "candidates", where, 0, 1000000);
     e.shape = string_field(j, "shape", where);
     out.entries.push_back(std::move(e));
   }

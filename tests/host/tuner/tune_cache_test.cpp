@@ -150,6 +150,16 @@ TEST_CASE("tune file: size, depth, type, key and version checks name what is wro
     t.replace(t.find("\"ms\": 0.5"), 9, "\"ms\": -1.0");
     rejects(t, ".ms");
   }
+  {  // found by the tune-file fuzzer: converting 1e10 to int was undefined behaviour
+    std::string t = text;
+    t.replace(t.find("\"driver_version\": 13000"), 23, "\"driver_version\": 10888883000");
+    rejects(t, "meta.driver_version: 10888883000 must be a whole number");
+  }
+  {
+    std::string t = text;
+    t.replace(t.find("\"candidates\": "), 14, "\"candidates\": 2.5, \"x\": ");
+    rejects(t, ".candidates: 2.5 must be a whole number");
+  }
   {
     std::string t = text;
     t.replace(t.find("\"version\": 1"), 12, "\"version\": 7");
