@@ -11,7 +11,13 @@
 namespace rajit::gen {
 namespace {
 
+bool is_wgmma(const TileConfig& t) { return t.mma == MmaKind::kWgmma; }
+
 int shared_bytes(const AttentionSpec& s, BackwardKernel k, const TileConfig& t) {
+  if (is_wgmma(t) && k != BackwardKernel::kAux) {
+    return attn::bwd_dkv_wgmma_shared_bytes(s.d_std, s.r, s.head_dim, t.block_n, t.stages,
+                                            k == BackwardKernel::kDkvAtomicDq);
+  }
   switch (k) {
     case BackwardKernel::kDkv:
     case BackwardKernel::kDkvAtomicDq:
@@ -25,6 +31,14 @@ int shared_bytes(const AttentionSpec& s, BackwardKernel k, const TileConfig& t) 
 }
 
 unsigned tile_bits(const AttentionSpec& s, BackwardKernel k, const TileConfig& t, int max_shared) {
+  if (is_wgmma(t)) {
+    // The deterministic dQ kernel has no wgmma family: every field of its tile is wrong.
+    if (k == BackwardKernel::kDq) {
+      return attn::kBwdBadBlockM | attn::kBwdBadBlockN | attn::kBwdBadWarps | attn::kBwdBadStages;
+    }
+    return attn::check_bwd_dkv_wgmma_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.warps,
+                                          t.stages, k == BackwardKernel::kDkvAtomicDq, max_shared);
+  }
   if (k == BackwardKernel::kDq) {
     return attn::check_bwd_dq_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.warps,
                                    t.stages, max_shared);
@@ -73,20 +87,50 @@ std::vector<std::string> validate_backward(const AttentionSpec& s, BackwardKerne
   if (k == BackwardKernel::kAux || !out.empty()) return out;
   const unsigned bad = tile_bits(s, k, t, max_shared_bytes);
   const bool dq = k == BackwardKernel::kDq;
-  if (bad & attn::kBwdBadBlockM) {
-    out.push_back(fmt::format("block_m={}: the {} kernel takes {}", t.block_m, to_string(k),
-                              dq ? "64 or 128" : "32 or 64 (16 only where 32 exceeds the register budget)"));
+  if (is_wgmma(t) && dq) {
+    out.push_back(fmt::format("tile {}: the {} kernel has no wgmma tiles (drop .wgmma)", t.key(),
+                              to_string(k)));
+    return out;
   }
-  if (bad & attn::kBwdBadBlockN) {
-    out.push_back(fmt::format("block_n={}: the {} kernel takes {}", t.block_n, to_string(k),
-                              dq ? "32 or 64" : "64 or 128"));
-  }
-  if (bad & attn::kBwdBadWarps) {
-    out.push_back(fmt::format("warps={}: the {} kernel needs warps = {}", t.warps, to_string(k),
-                              dq ? "block_m / 16" : "block_n / 16, or 8 with block_n 64"));
-  }
-  if (bad & attn::kBwdBadStages) {
-    out.push_back(fmt::format("stages={}: the backward kernels use 2", t.stages));
+  if (is_wgmma(t)) {
+    if (bad & attn::kBwdBadBlockM) {
+      out.push_back(fmt::format("block_m={}: wgmma {} tiles take {}", t.block_m, to_string(k),
+                                attn::kBwdWgmmaBlockM));
+    }
+    if (bad & attn::kBwdBadBlockN) {
+      out.push_back(fmt::format("block_n={}: wgmma {} tiles take 64 or 128", t.block_n, to_string(k)));
+    }
+    if (bad & attn::kBwdBadWarps) {
+      out.push_back(fmt::format("warps={}: wgmma {} tiles need warps = block_n / 16", t.warps,
+                                to_string(k)));
+    }
+    if (bad & attn::kBwdBadStages) {
+      static_assert(attn::kBwdWgmmaMinStages == attn::kBwdWgmmaMaxStages, "message names one value");
+      out.push_back(fmt::format("stages={}: wgmma {} tiles use {} (double-buffered query tiles)",
+                                t.stages, to_string(k), attn::kBwdWgmmaMinStages));
+    }
+    if (bad & attn::kBwdBadWgmmaWidth) {
+      out.push_back(fmt::format("tile {}: wgmma {} tiles need head_dim and d_std + r (padded to 16) "
+                                "both 64 or 128; here {} and {} (use an mma.sync tile)",
+                                t.key(), to_string(k), s.head_dim,
+                                attn::padded_contraction(s.d_std, s.r)));
+    }
+  } else {
+    if (bad & attn::kBwdBadBlockM) {
+      out.push_back(fmt::format("block_m={}: the {} kernel takes {}", t.block_m, to_string(k),
+                                dq ? "64 or 128" : "32 or 64 (16 only where 32 exceeds the register budget)"));
+    }
+    if (bad & attn::kBwdBadBlockN) {
+      out.push_back(fmt::format("block_n={}: the {} kernel takes {}", t.block_n, to_string(k),
+                                dq ? "32 or 64" : "64 or 128"));
+    }
+    if (bad & attn::kBwdBadWarps) {
+      out.push_back(fmt::format("warps={}: the {} kernel needs warps = {}", t.warps, to_string(k),
+                                dq ? "block_m / 16" : "block_n / 16, or 8 with block_n 64"));
+    }
+    if (bad & attn::kBwdBadStages) {
+      out.push_back(fmt::format("stages={}: the backward kernels use 2", t.stages));
+    }
   }
   if (bad & attn::kBwdBadSharedMemory) {
     out.push_back(fmt::format("tile {}: the {} kernel needs {} bytes of shared memory, the device "
@@ -96,13 +140,14 @@ std::vector<std::string> validate_backward(const AttentionSpec& s, BackwardKerne
   if (bad & attn::kBwdBadRegisters) {
     out.push_back(fmt::format("tile {}: the {} kernel's accumulators would need more than {} "
                               "registers per thread",
-                              t.key(), to_string(k), attn::kBwdRegisterBudget));
+                              t.key(), to_string(k),
+                              is_wgmma(t) ? attn::kBwdWgmmaRegisterBudget : attn::kBwdRegisterBudget));
   }
   return out;
 }
 
 std::vector<TileConfig> valid_backward_tiles(const AttentionSpec& s, BackwardKernel k,
-                                             int max_shared_bytes) {
+                                             int max_shared_bytes, bool with_wgmma) {
   std::vector<TileConfig> out;
   if (k == BackwardKernel::kAux || !validate_backward(s).empty()) return out;
   for (int bm : {16, 32, 64, 128})
@@ -112,6 +157,12 @@ std::vector<TileConfig> valid_backward_tiles(const AttentionSpec& s, BackwardKer
           const TileConfig t{bm, bn, w, st};
           if (tile_bits(s, k, t, max_shared_bytes) == 0) out.push_back(t);
         }
+  if (!with_wgmma || k == BackwardKernel::kDq) return out;
+  for (int bn : {64, 128})
+    for (int st = attn::kBwdWgmmaMinStages; st <= attn::kBwdWgmmaMaxStages; ++st) {
+      const TileConfig t{attn::kBwdWgmmaBlockM, bn, bn / 16, st, MmaKind::kWgmma};
+      if (tile_bits(s, k, t, max_shared_bytes) == 0) out.push_back(t);
+    }
   return out;
 }
 
@@ -147,10 +198,13 @@ GeneratedSource generate_backward(const AttentionSpec& s, BackwardKernel k, cons
     values.emplace("ENTRY_FINALIZE", Value::identifier(out.entry + "_finalize"));
   } else {
     shim_path = k == BackwardKernel::kDq ? "attention/bwd_dq_entry.cu.in"
+                : is_wgmma(t)            ? "attention/bwd_dkv_wgmma_entry.cu.in"
                                          : "attention/bwd_dkv_entry.cu.in";
-    values.emplace("BLOCK_M", Value::integer(t.block_m));
+    if (!is_wgmma(t)) {  // wgmma tiles: block_m is fixed and warps = block_n / 16
+      values.emplace("BLOCK_M", Value::integer(t.block_m));
+      values.emplace("WARPS", Value::integer(t.warps));
+    }
     values.emplace("BLOCK_N", Value::integer(t.block_n));
-    values.emplace("WARPS", Value::integer(t.warps));
     values.emplace("STAGES", Value::integer(t.stages));
     values.emplace("MASK_POLICY", Value::identifier(s.causal ? "CausalMask" : "NoMask"));
     values.emplace("BIAS_POLICY",

@@ -24,11 +24,13 @@ std::vector<std::string> validate_backward(const AttentionSpec&);
 std::vector<std::string> validate_backward(const AttentionSpec&, BackwardKernel,
                                            const TileConfig&, int max_shared_bytes);
 
-/// Every valid tile of one backward kernel, in (block_m, block_n, warps, stages) order.
+/// Every valid tile of one backward kernel, in (block_m, block_n, warps, stages) order; with
+/// with_wgmma, the dK/dV kernels' wgmma tiles (sm_90a only) follow.
 std::vector<TileConfig> valid_backward_tiles(const AttentionSpec&, BackwardKernel,
-                                             int max_shared_bytes);
+                                             int max_shared_bytes, bool with_wgmma = false);
 
-/// Renders and flattens one backward kernel. For kAux the tile is ignored and the module holds
+/// Renders and flattens one backward kernel (a wgmma tile's source compiles for sm_90a only).
+/// For kAux the tile is ignored and the module holds
 /// three entries: `entry + "_preprocess"`, `entry + "_convert"`, `entry + "_finalize"`.
 /// Throws: SpecError if the spec or tile is invalid (shared memory is not checked here).
 GeneratedSource generate_backward(const AttentionSpec&, BackwardKernel, const TileConfig&);

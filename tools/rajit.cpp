@@ -563,8 +563,10 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
           std::vector<std::optional<gen::TileConfig>> bwd_tiles = {std::nullopt};
           if (bf.sweep) {  // every valid dK/dV tile (atomic dQ); the dQ kernel keeps its default
             bwd_tiles.clear();
+            const auto dev = rt::device_info(0);
+            const bool sm90 = dev.cc_major == 9 && dev.cc_minor == 0;
             for (const auto& t : gen::valid_backward_tiles(spec, gen::BackwardKernel::kDkvAtomicDq,
-                                                           rt::device_info(0).max_smem_per_block_optin)) {
+                                                           dev.max_smem_per_block_optin, sm90)) {
               bwd_tiles.push_back(t);
             }
           }

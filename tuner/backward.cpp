@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <mutex>
@@ -63,14 +64,25 @@ void check_grad(std::vector<std::string>& out, const char* name, const MutableTe
 }
 
 // The backward's tiles: the first valid entry of a fixed preference list, ordered by the H200
-// sweep in docs/perf-notes.md (split-warp tiles measured slower: kept for the sweep, last).
-gen::TileConfig choose_tile(const gen::AttentionSpec& s, BackwardKernel k, int max_shared) {
-  const std::vector<gen::TileConfig> prefs =
+// sweeps in docs/perf-notes.md. On sm_90 the dK/dV kernels' wgmma tiles come first (where the
+// spec's widths allow them); split-warp mma.sync tiles measured slowest: kept for the sweep, last.
+gen::TileConfig choose_tile(const gen::AttentionSpec& s, BackwardKernel k, int max_shared, int cc) {
+  const gen::MmaKind wg = gen::MmaKind::kWgmma;
+  std::vector<gen::TileConfig> prefs;
+  if (k != BackwardKernel::kDq && cc == 90) {
+    // One warpgroup per CTA (two CTAs per SM) for width 64; two warpgroups per 128 keys for
+    // width 128, where one CTA fills the registers (H200 sweep, docs/perf-notes.md).
+    const bool wide = std::max(s.head_dim, s.d_std + s.r) > 64;
+    prefs = wide ? std::vector<gen::TileConfig>{{64, 128, 8, 2, wg}, {64, 64, 4, 2, wg}}
+                 : std::vector<gen::TileConfig>{{64, 64, 4, 2, wg}, {64, 128, 8, 2, wg}};
+  }
+  const std::vector<gen::TileConfig> sync_prefs =
       k == BackwardKernel::kDq
           ? std::vector<gen::TileConfig>{{128, 64, 8, 2}, {64, 64, 4, 2}, {64, 32, 4, 2}}
           : std::vector<gen::TileConfig>{{64, 128, 8, 2}, {64, 64, 4, 2}, {32, 128, 8, 2},
                                          {32, 64, 4, 2}, {16, 128, 8, 2}, {16, 64, 4, 2},
                                          {64, 64, 8, 2}, {32, 64, 8, 2}};
+  prefs.insert(prefs.end(), sync_prefs.begin(), sync_prefs.end());
   for (const auto& t : prefs) {
     if (gen::validate_backward(s, k, t, max_shared).empty()) return t;
   }
@@ -101,7 +113,8 @@ HotEntry kernel_for(CUcontext ctx, int ordinal, int cc, const gen::AttentionSpec
   req.entry_name = src.entry + suffix;
   req.source = src.text;
   req.options = src.options;
-  req.arch = detail::arch_for(cc);
+  // wgmma tiles exist only on the arch-specific sm_90a target.
+  req.arch = tile.mma == gen::MmaKind::kWgmma ? std::string("sm_90a") : detail::arch_for(cc);
   req.extra_key = src.template_set_hash;
   HotEntry e{rt::KernelCache::global().get(req, ordinal), src.shared_bytes};
   std::lock_guard lock(mu);
@@ -203,10 +216,13 @@ BackwardRecord backward(const BackwardArgs& a) {
 
   const BackwardKernel dkv_kind = a.deterministic ? BackwardKernel::kDkv : BackwardKernel::kDkvAtomicDq;
   const auto pick = [&](BackwardKernel k, const std::optional<gen::TileConfig>& pinned) {
-    if (!pinned) return choose_tile(s, k, dev.max_shared);
-    if (auto problems = gen::validate_backward(s, k, *pinned, dev.max_shared); !problems.empty()) {
-      throw gen::SpecError(std::move(problems));
+    if (!pinned) return choose_tile(s, k, dev.max_shared, dev.cc);
+    auto problems = gen::validate_backward(s, k, *pinned, dev.max_shared);
+    if (problems.empty() && !gen::runs_on(*pinned, dev.cc)) {
+      problems.push_back(fmt::format("tile {}: wgmma tiles run only on sm_90 (this device is sm_{})",
+                                     pinned->key(), dev.cc));
     }
+    if (!problems.empty()) throw gen::SpecError(std::move(problems));
     return *pinned;
   };
   const gen::TileConfig dkv_tile = pick(dkv_kind, a.dkv_tile);

@@ -69,6 +69,154 @@ __device__ __forceinline__ T* elem(const OutOperand2d& op, int b, int h, index_t
 
 }  // namespace bwd_detail
 
+// One warp's 16 key rows of the dK/dV kernels (mma.sync and wgmma both hold S^T in the m16n8
+// accumulator layout). P^T = exp2(S^T scale log2e + bias - LSE log2e) in place of S^T; with kDoK
+// also dS^T = P^T (dP^T - Delta) in place of dP^T, summed into col_sum. Elementwise only (no
+// shuffle, ldmatrix or MMA), so warps may take different copies. Masked: query column m0 + c0 + k is
+// visible to this thread's key row of `half` iff first[half] <= k <= last, with c0 this
+// thread's first column; first folds the causal diagonal and the end of the keys, last the end
+// of the queries, so the test is two compares against compile-time k. kSumColumns = false leaves
+// col_sum alone (the wgmma kernel sums dS^T's rows on the tensor cores instead).
+template <class C, bool kMasked, bool kDoK, int kMTiles, bool kSumColumns = true>
+__device__ __forceinline__ void dkv_probs_and_grads(const BwdParams& p, int n0, int lane,
+                                                    float (&st)[kMTiles][4],
+                                                    float (&dpt)[kDoK ? kMTiles : 1][4],
+                                                    float (&col_sum)[2],
+                                                    const float (&bias_row)[2], const float* lse_s,
+                                                    const float* delta_s, int m0, int key_row0) {
+  using namespace bwd_detail;
+  int first[2] = {0, 0}, last = 0;
+  if constexpr (kMasked) {
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+    const int c0 = m0 + 2 * (lane % 4);
+    last = seqlen_q - 1 - c0;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int j = n0 + key_row0 + 8 * half;
+      // Key j is visible to queries i >= j - diag (causal); a key past the end to none.
+      const int first_query =
+          j >= seqlen_k ? seqlen_q : C::Mask::kCausal ? j - (seqlen_k - seqlen_q) : 0;
+      first[half] = first_query - c0;
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < kMTiles; ++nt) {
+    const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + nt * 8 + 2 * (lane % 4));
+    float2 del2 = make_float2(0.f, 0.f);
+    if constexpr (kDoK) {
+      del2 = *reinterpret_cast<const float2*>(delta_s + nt * 8 + 2 * (lane % 4));
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float x =
+            fmaf(st[nt][half * 2 + e], p.scale_log2, bias_row[half]) - (e ? lse2.y : lse2.x);
+        if constexpr (kMasked) {
+          const int k = nt * 8 + e;
+          if (k < first[half] || k > last) x = neg_inf();
+        }
+        const float pe = dev::exp2_approx(x);
+        st[nt][half * 2 + e] = pe;
+        if constexpr (kDoK) {
+          const float ds = pe * (dpt[nt][half * 2 + e] - (e ? del2.y : del2.x));
+          dpt[nt][half * 2 + e] = ds;
+          if constexpr (kSumColumns) col_sum[half] += ds;
+        }
+      }
+    }
+  }
+}
+
+// The dK/dV kernels' epilogue for one warp's 16 key rows (accumulators in the m16n8 layout): dV,
+// dk_std, dq_low straight from the accumulators; column sums; dw partials. col_sum holds this
+// lane's partial sums (reduced over the quad here) or, with kColSumsComplete, the whole sums.
+template <class C, bool kDoV, bool kDoK, int kVTiles, int kKTiles, bool kColSumsComplete = false>
+__device__ __forceinline__ void dkv_epilogue(const BwdParams& p, int b, int h, int bh, int n0,
+                                             int lane, int key_row0, float w_std, float w_rec,
+                                             index_t k_std_off, index_t q_low_off,
+                                             float (&col_sum)[2],
+                                             const float (&dv_acc)[kDoV ? kVTiles : 1][4],
+                                             const float (&dk_acc)[kDoK ? kKTiles : 1][4],
+                                             float (&dw_part)[2]) {
+  using namespace bwd_detail;
+  using E = typename C::Element;
+  const int seqlen_k = p.seqlen_k;
+  const float dk_std_scale = p.scale * w_std, dq_low_scale = p.scale * w_rec;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int j = n0 + key_row0 + 8 * half;
+    float cs = col_sum[half];
+    if constexpr (!kColSumsComplete) {
+      cs += __shfl_xor_sync(0xffffffffu, cs, 1);
+      cs += __shfl_xor_sync(0xffffffffu, cs, 2);
+    }
+    if (j >= seqlen_k) continue;
+    if constexpr (C::Bias::kHasBias && kDoK) {
+      if (lane % 4 == 0) p.col_sums[static_cast<index_t>(bh) * seqlen_k + j] = cs;
+    }
+    if constexpr (kDoV) {
+#pragma unroll
+      for (int nd = 0; nd < kVTiles; ++nd) {
+        const int c = nd * 8 + 2 * (lane % 4);
+        *elem<dev::u32>(p.dv, b, h, j, c) = E::pack(dv_acc[nd][half * 2], dv_acc[nd][half * 2 + 1]);
+      }
+    }
+    if constexpr (kDoK) {
+#pragma unroll
+      for (int nd = 0; nd < kKTiles; ++nd) {
+        const int c = nd * 8 + 2 * (lane % 4);
+        const float x0 = dk_acc[nd][half * 2], x1 = dk_acc[nd][half * 2 + 1];
+        if (c < C::kDStd) {
+          *elem<dev::u32>(p.dk_std, b, h, j, c) = E::pack(dk_std_scale * x0, dk_std_scale * x1);
+          if (p.dw_partial != nullptr) {
+            const dev::u32 raw = *reinterpret_cast<const dev::u32*>(
+                static_cast<const dev::u16*>(p.k_std.ptr) + k_std_off + j * p.k_std.row_stride + c);
+            dw_part[0] += x0 * E::lo(raw) + x1 * E::hi(raw);
+          }
+        } else if (c < C::kDqk) {
+          *elem<dev::u32>(p.dq_low, b, h, j, c - C::kDStd) =
+              E::pack(dq_low_scale * x0, dq_low_scale * x1);
+          if (p.dw_partial != nullptr) {
+            const dev::u32 raw = *reinterpret_cast<const dev::u32*>(
+                static_cast<const dev::u16*>(p.q_low.ptr) + q_low_off + j * p.q_low.row_stride +
+                c - C::kDStd);
+            dw_part[1] += x0 * E::lo(raw) + x1 * E::hi(raw);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The dw_std / dw_rec partial sums of one key block, in a fixed order: warp butterfly, then the
+// warps in order (deterministic).
+template <int kWarps>
+__device__ __forceinline__ void dkv_store_dw_partial(const BwdParams& p, int bh, int n_block,
+                                                     int tid, const float (&dw_part)[2]) {
+  using namespace bwd_detail;
+  const int warp = tid / 32, lane = tid % 32;
+  if (p.dw_partial != nullptr) {
+    __shared__ float warp_parts[kWarps][2];
+    const float s0 = warp_sum(dw_part[0]), s1 = warp_sum(dw_part[1]);
+    if (lane == 0) {
+      warp_parts[warp][0] = s0;
+      warp_parts[warp][1] = s1;
+    }
+    __syncthreads();
+    if (tid == 0) {
+      float t0 = 0.f, t1 = 0.f;
+      for (int w = 0; w < kWarps; ++w) {
+        t0 += warp_parts[w][0];
+        t1 += warp_parts[w][1];
+      }
+      float* out = p.dw_partial + 2 * (static_cast<index_t>(bh) * p.num_n_blocks + n_block);
+      out[0] = t0;
+      out[1] = t1;
+    }
+  }
+}
+
 template <class Element_, int kDStd_, int kR_, int kHeadDim_, int kBlockM_, int kBlockN_,
           int kWarps_, int kStages_, class Mask_, class Bias_, bool kAtomicDq_>
 struct BwdConfig {
@@ -191,81 +339,7 @@ struct BwdDkvKernel {
     }
     dev::cp_async_wait<0>();
 
-    if (p.dw_partial != nullptr) {  // fixed-order reduction: warp butterfly, then warps in order
-      __shared__ float warp_parts[C::kWarps][2];
-      const float s0 = warp_sum(dw_part[0]), s1 = warp_sum(dw_part[1]);
-      if (lane == 0) {
-        warp_parts[warp][0] = s0;
-        warp_parts[warp][1] = s1;
-      }
-      __syncthreads();
-      if (tid == 0) {
-        float t0 = 0.f, t1 = 0.f;
-        for (int w = 0; w < C::kWarps; ++w) {
-          t0 += warp_parts[w][0];
-          t1 += warp_parts[w][1];
-        }
-        float* out = p.dw_partial + 2 * (static_cast<index_t>(bh) * p.num_n_blocks + n_block);
-        out[0] = t0;
-        out[1] = t1;
-      }
-    }
-  }
-
-  // P^T = exp2(S^T scale log2e + bias - LSE log2e) in place of S^T; with kDoK also
-  // dS^T = P^T (dP^T - Delta) in place of dP^T, summed into col_sum. Elementwise only (no shuffle,
-  // ldmatrix or MMA), so warps may take different copies. Masked: query column m0 + c0 + k is
-  // visible to this thread's key row of `half` iff first[half] <= k <= last, with c0 this
-  // thread's first column; first folds the causal diagonal and the end of the keys, last the end
-  // of the queries, so the test is two compares against compile-time k.
-  template <bool kMasked, bool kDoK>
-  __device__ __forceinline__ void probs_and_grads(float (&st)[kMTiles][4],
-                                                  float (&dpt)[kDoK ? kMTiles : 1][4],
-                                                  float (&col_sum)[2], const float (&bias_row)[2],
-                                                  const float* lse_s, const float* delta_s, int m0,
-                                                  int key_row0) const {
-    using namespace bwd_detail;
-    int first[2] = {0, 0}, last = 0;
-    if constexpr (kMasked) {
-      const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
-      const int c0 = m0 + 2 * (lane % 4);
-      last = seqlen_q - 1 - c0;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int j = n0 + key_row0 + 8 * half;
-        // Key j is visible to queries i >= j - diag (causal); a key past the end to none.
-        const int first_query =
-            j >= seqlen_k ? seqlen_q : C::Mask::kCausal ? j - (seqlen_k - seqlen_q) : 0;
-        first[half] = first_query - c0;
-      }
-    }
-#pragma unroll
-    for (int nt = 0; nt < kMTiles; ++nt) {
-      const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + nt * 8 + 2 * (lane % 4));
-      float2 del2 = make_float2(0.f, 0.f);
-      if constexpr (kDoK) {
-        del2 = *reinterpret_cast<const float2*>(delta_s + nt * 8 + 2 * (lane % 4));
-      }
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float x =
-              fmaf(st[nt][half * 2 + e], p.scale_log2, bias_row[half]) - (e ? lse2.y : lse2.x);
-          if constexpr (kMasked) {
-            const int k = nt * 8 + e;
-            if (k < first[half] || k > last) x = neg_inf();
-          }
-          const float pe = dev::exp2_approx(x);
-          st[nt][half * 2 + e] = pe;
-          if constexpr (kDoK) {
-            const float ds = pe * (dpt[nt][half * 2 + e] - (e ? del2.y : del2.x));
-            dpt[nt][half * 2 + e] = ds;
-            col_sum[half] += ds;
-          }
-        }
-      }
-    }
+    dkv_store_dw_partial<C::kWarps>(p, bh, n_block, tid, dw_part);
   }
 
   template <int kRole>
@@ -362,9 +436,11 @@ struct BwdDkvKernel {
       bool masked = m0 + C::kBlockM > seqlen_q || warp_key0 + 16 > seqlen_k;
       if constexpr (C::Mask::kCausal) masked = masked || warp_key0 + 15 > m0 + diag;
       if (masked) {
-        probs_and_grads<true, kDoK>(st, dpt, col_sum, bias_row, lse_s, delta_s, m0, key_row0);
+        dkv_probs_and_grads<C, true, kDoK, kMTiles>(p, n0, lane, st, dpt, col_sum, bias_row,
+                                                    lse_s, delta_s, m0, key_row0);
       } else {
-        probs_and_grads<false, kDoK>(st, dpt, col_sum, bias_row, lse_s, delta_s, m0, key_row0);
+        dkv_probs_and_grads<C, false, kDoK, kMTiles>(p, n0, lane, st, dpt, col_sum, bias_row,
+                                                    lse_s, delta_s, m0, key_row0);
       }
 
       // dV += P^T dO and dKr += dS^T qr: the accumulators of two n8 tiles are one k16 A fragment.
@@ -468,50 +544,9 @@ struct BwdDkvKernel {
       __syncthreads();  // every warp is done with this stage (and dS^T) before they are refilled
     }
 
-    // Epilogue: dV, dk_std, dq_low straight from the accumulators; column sums; dw partials.
-    const float dk_std_scale = p.scale * w_std, dq_low_scale = p.scale * w_rec;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int j = n0 + key_row0 + 8 * half;
-      float cs = col_sum[half];
-      cs += __shfl_xor_sync(0xffffffffu, cs, 1);
-      cs += __shfl_xor_sync(0xffffffffu, cs, 2);
-      if (j >= seqlen_k) continue;
-      if constexpr (C::Bias::kHasBias && kDoK) {
-        if (lane % 4 == 0) p.col_sums[static_cast<index_t>(bh) * seqlen_k + j] = cs;
-      }
-      if constexpr (kDoV) {
-#pragma unroll
-        for (int nd = 0; nd < kVTiles; ++nd) {
-          const int c = nd * 8 + 2 * (lane % 4);
-          *elem<dev::u32>(p.dv, b, h, j, c) = E::pack(dv_acc[nd][half * 2], dv_acc[nd][half * 2 + 1]);
-        }
-      }
-      if constexpr (kDoK) {
-#pragma unroll
-        for (int nd = 0; nd < kKTiles; ++nd) {
-          const int c = nd * 8 + 2 * (lane % 4);
-          const float x0 = dk_acc[nd][half * 2], x1 = dk_acc[nd][half * 2 + 1];
-          if (c < C::kDStd) {
-            *elem<dev::u32>(p.dk_std, b, h, j, c) = E::pack(dk_std_scale * x0, dk_std_scale * x1);
-            if (p.dw_partial != nullptr) {
-              const dev::u32 raw = *reinterpret_cast<const dev::u32*>(
-                  static_cast<const dev::u16*>(p.k_std.ptr) + k_std_off + j * p.k_std.row_stride + c);
-              dw_part[0] += x0 * E::lo(raw) + x1 * E::hi(raw);
-            }
-          } else if (c < C::kDqk) {
-            *elem<dev::u32>(p.dq_low, b, h, j, c - C::kDStd) =
-                E::pack(dq_low_scale * x0, dq_low_scale * x1);
-            if (p.dw_partial != nullptr) {
-              const dev::u32 raw = *reinterpret_cast<const dev::u32*>(
-                  static_cast<const dev::u16*>(p.q_low.ptr) + q_low_off + j * p.q_low.row_stride +
-                  c - C::kDStd);
-              dw_part[1] += x0 * E::lo(raw) + x1 * E::hi(raw);
-            }
-          }
-        }
-      }
-    }
+    dkv_epilogue<C, kDoV, kDoK, kVTiles, kKTiles>(p, b, h, bh, n0, lane, key_row0, w_std, w_rec,
+                                                  k_std_off, q_low_off, col_sum, dv_acc, dk_acc,
+                                                  dw_part);
   }
 };
 

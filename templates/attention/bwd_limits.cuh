@@ -71,12 +71,13 @@ inline constexpr int kAuxThreadsHost = 256;  // block size of the small backward
 inline constexpr int kAuxRowsPerCta = 64;
 
 enum BwdTileRule : unsigned {
-  kBwdBadBlockM = 1u << 0,    // dkv: 16, 32 or 64; dq: 64 or 128
+  kBwdBadBlockM = 1u << 0,    // dkv: 16, 32 or 64 (wgmma: 64); dq: 64 or 128
   kBwdBadBlockN = 1u << 1,    // dkv: 64 or 128; dq: 32 or 64
   kBwdBadWarps = 1u << 2,     // dkv: block_n / 16 (or 8 with block_n 64); dq: block_m / 16
   kBwdBadStages = 1u << 3,    // 2 (double-buffered cp.async)
   kBwdBadSharedMemory = 1u << 5,
   kBwdBadRegisters = 1u << 6,
+  kBwdBadWgmmaWidth = 1u << 7,  // wgmma dK/dV: head_dim and padded d_std + r both 64 or 128
 };
 
 RAJIT_HOST_DEVICE constexpr unsigned check_bwd_dkv_tile(int d_std, int r, int head_dim,
@@ -120,6 +121,61 @@ RAJIT_HOST_DEVICE constexpr unsigned check_bwd_dq_tile(int d_std, int r, int hea
     bad |= kBwdBadSharedMemory;
   }
   if (bwd_dq_accumulator_registers(d_std, r, block_n) > kBwdRegisterBudget) {
+    bad |= kBwdBadRegisters;
+  }
+  return bad;
+}
+
+// ---- the Hopper dK/dV family (sm_90a): one warpgroup (4 warps, wgmma m64) per 64 key rows ------
+// Each step takes block_m = 64 query rows: S^T and dP^T are m64n64 per warpgroup, dV and dK
+// m64n{head_dim}/m64n{d_std + r} with P^T / dS^T as register A operands, and the atomic variant's
+// dQ is m64n64 per 64-column slice of the gated key tile, from dS staged in shared memory.
+inline constexpr int kBwdWgmmaBlockM = 64;
+inline constexpr int kBwdWgmmaMinStages = 2;
+inline constexpr int kBwdWgmmaMaxStages = 2;  // 3 measured no faster (H200) and spills at width 128
+inline constexpr int kBwdWgmmaRegisterBudget = 192;  // dV + dK + S^T + dP^T fp32 per thread
+
+/// Shared memory of a wgmma dK/dV tile (mirrors attention/bwd_wgmma.cuh): 1024 bytes of alignment
+/// slack, the resident gated key tile and V, `stages` buffers of (query tile, dO tile), the dS
+/// tile (atomic dQ only), the stages' lse and delta vectors, then 2 KiB of ones (the B operand
+/// that sums dS^T's rows). Every swizzled region starts 1024-byte aligned, as the 128-byte
+/// swizzle requires.
+inline constexpr int kBwdWgmmaOnesBytes = 2048;
+RAJIT_HOST_DEVICE constexpr int bwd_dkv_wgmma_shared_bytes(int d_std, int r, int head_dim,
+                                                           int block_n, int stages,
+                                                           bool atomic_dq) {
+  const int qk_row = wgmma_slices(padded_contraction(d_std, r)) * 128;
+  const int v_row = wgmma_slices(head_dim) * 128;
+  const int resident = block_n * (qk_row + v_row);
+  const int per_stage = kBwdWgmmaBlockM * (qk_row + v_row);
+  const int ds = atomic_dq ? kBwdWgmmaBlockM * block_n * 2 : 0;
+  return 1024 + resident + stages * per_stage + ds + round_up(stages * kBwdWgmmaBlockM * 8, 1024) +
+         kBwdWgmmaOnesBytes;
+}
+
+RAJIT_HOST_DEVICE constexpr int bwd_dkv_wgmma_registers(int d_std, int r, int head_dim) {
+  return head_dim / 2 + padded_contraction(d_std, r) / 2 + kBwdWgmmaBlockM;
+}
+
+RAJIT_HOST_DEVICE constexpr unsigned check_bwd_dkv_wgmma_tile(int d_std, int r, int head_dim,
+                                                              int block_m, int block_n, int warps,
+                                                              int stages, bool atomic_dq,
+                                                              int max_shared_bytes) {
+  unsigned bad = 0;
+  if (block_m != kBwdWgmmaBlockM) bad |= kBwdBadBlockM;
+  if (block_n != 64 && block_n != 128) bad |= kBwdBadBlockN;
+  if (warps * 16 != block_n) bad |= kBwdBadWarps;
+  if (stages < kBwdWgmmaMinStages || stages > kBwdWgmmaMaxStages) bad |= kBwdBadStages;
+  if (bad || check_bwd_spec(d_std, r, head_dim) != 0) return bad;
+  const int dqk = padded_contraction(d_std, r);
+  if ((head_dim != 64 && head_dim != 128) || (dqk != 64 && dqk != 128)) {
+    return bad | kBwdBadWgmmaWidth;
+  }
+  if (bwd_dkv_wgmma_shared_bytes(d_std, r, head_dim, block_n, stages, atomic_dq) >
+      max_shared_bytes) {
+    bad |= kBwdBadSharedMemory;
+  }
+  if (bwd_dkv_wgmma_registers(d_std, r, head_dim) > kBwdWgmmaRegisterBudget) {
     bad |= kBwdBadRegisters;
   }
   return bad;

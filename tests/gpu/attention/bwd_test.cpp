@@ -104,16 +104,20 @@ TEST_CASE("backward: deterministic mode is bitwise repeatable for the seeds' spe
   }
 }
 
-TEST_CASE("backward: every valid dK/dV tile (unsplit and split warps) matches the reference") {
+TEST_CASE("backward: every valid dK/dV tile (unsplit and split warps; wgmma on sm_90) matches the "
+          "reference") {
   const AttentionSpec specs[] = {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16},
                                  {120, 8, 128, false, BiasKind::kColumn, Dtype::kFp16},
-                                 {24, 4, 32, true, BiasKind::kNone, Dtype::kBf16}};
-  const int max_shared = rajit::rt::device_info(0).max_smem_per_block_optin;
+                                 {24, 4, 32, true, BiasKind::kNone, Dtype::kBf16},
+                                 {64, 64, 128, true, BiasKind::kColumn, Dtype::kBf16}};
+  const auto info = rajit::rt::device_info(0);
+  const int max_shared = info.max_smem_per_block_optin;
+  const bool hopper = info.cc_major == 9 && info.cc_minor == 0;
   for (const auto& spec : specs) {
     for (bool deterministic : {false, true}) {
       const auto kind = deterministic ? rajit::gen::BackwardKernel::kDkv
                                       : rajit::gen::BackwardKernel::kDkvAtomicDq;
-      for (const auto& tile : rajit::gen::valid_backward_tiles(spec, kind, max_shared)) {
+      for (const auto& tile : rajit::gen::valid_backward_tiles(spec, kind, max_shared, hopper)) {
         rajit::tune::CheckOptions opt;
         opt.spec = spec;
         opt.shape = {2, 2, 333, 333};

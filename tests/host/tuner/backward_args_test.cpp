@@ -172,3 +172,36 @@ TEST_CASE("validate_backward: bad tiles name the field and the allowed values") 
   CHECK(rajit::gen::validate_backward({120, 8, 128, true, BiasKind::kNone, Dtype::kBf16},
                                       BackwardKernel::kDkv, {16, 64, 4, 2}, 227 * 1024).empty());
 }
+
+TEST_CASE("validate_backward: wgmma dK/dV tiles (sm_90a) have their own rules and messages") {
+  using rajit::gen::MmaKind;
+  const MmaKind wg = MmaKind::kWgmma;
+  // Listed only when asked for, and only for the dK/dV kernels.
+  const auto with = rajit::gen::valid_backward_tiles(kSeeds, BackwardKernel::kDkvAtomicDq, 227 * 1024, true);
+  const auto without = rajit::gen::valid_backward_tiles(kSeeds, BackwardKernel::kDkvAtomicDq, 227 * 1024);
+  CHECK(with.size() == without.size() + 2);  // bn64.w4 and bn128.w8, two stages
+  CHECK(with.back().mma == wg);
+  for (const auto& t : rajit::gen::valid_backward_tiles(kSeeds, BackwardKernel::kDq, 227 * 1024, true)) {
+    CHECK(t.mma == MmaKind::kSync);
+  }
+  CHECK(rajit::gen::validate_backward(kSeeds, BackwardKernel::kDkv, {64, 64, 4, 2, wg}, 227 * 1024).empty());
+  const std::string fields =
+      joined(rajit::gen::validate_backward(kSeeds, BackwardKernel::kDkv, {32, 96, 3, 3, wg}, 227 * 1024));
+  CHECK(fields.find("block_m=32: wgmma bwddkv tiles take 64") != std::string::npos);
+  CHECK(fields.find("block_n=96") != std::string::npos);
+  CHECK(fields.find("warps=3") != std::string::npos);
+  CHECK(fields.find("stages=3: wgmma bwddkv tiles use 2 or 2") == std::string::npos);  // no "x or x"
+  CHECK(fields.find("stages=3") != std::string::npos);
+  // Widths other than 64 and 128 (here d_std + r = 96) stay on mma.sync tiles.
+  const std::string width = joined(rajit::gen::validate_backward(
+      {88, 8, 96, true, BiasKind::kColumn, Dtype::kBf16}, BackwardKernel::kDkvAtomicDq,
+      {64, 64, 4, 2, wg}, 227 * 1024));
+  CHECK(width.find("head_dim and d_std + r (padded to 16) both 64 or 128") != std::string::npos);
+  const std::string dq =
+      joined(rajit::gen::validate_backward(kSeeds, BackwardKernel::kDq, {64, 64, 4, 2, wg}, 227 * 1024));
+  CHECK(dq.find("has no wgmma tiles") != std::string::npos);
+  // The generated source is the wgmma family's.
+  const auto src = rajit::gen::generate_backward(kSeeds, BackwardKernel::kDkvAtomicDq, {64, 64, 4, 2, wg});
+  CHECK(src.text.find("bwd_dkv_wgmma<Config>") != std::string::npos);
+  CHECK(src.readable_key.find(".wgmma") != std::string::npos);
+}

@@ -62,8 +62,8 @@ std::vector<Outcome> compile_all(const std::vector<Job>& jobs) {
 
 }  // namespace
 
-TEST_CASE("backward kernels: every valid tile of the grid specs compiles for sm_80 and sm_90 with "
-          "zero spills") {
+TEST_CASE("backward kernels: every valid tile of the grid specs compiles for sm_80 and sm_90 (and "
+          "the wgmma dK/dV tiles for sm_90a) with zero spills") {
   // The seeds' specs, plain attention, full rank, widths not a multiple of 16, every head_dim the
   // backward supports; alternating dtype, mask and bias so every policy is compiled.
   const AttentionSpec specs[] = {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16},
@@ -85,6 +85,17 @@ TEST_CASE("backward kernels: every valid tile of the grid specs compiles for sm_
         for (const auto& tile : tiles) jobs.push_back({spec, k, tile, arch, ""});
       }
     }
+  const auto sm90a = rajit::gen::parse_arch("sm_90a");
+  int wgmma_tiles = 0;
+  for (const auto& spec : specs)
+    for (BackwardKernel k : {BackwardKernel::kDkv, BackwardKernel::kDkvAtomicDq}) {
+      for (const auto& tile : rajit::gen::valid_backward_tiles(spec, k, sm90a.max_shared_bytes(), true)) {
+        if (tile.mma != rajit::gen::MmaKind::kWgmma) continue;
+        jobs.push_back({spec, k, tile, sm90a, ""});
+        ++wgmma_tiles;
+      }
+    }
+  CHECK(wgmma_tiles > 0);  // the seeds' widths (64 and 128) have wgmma tiles
   for (const Outcome& o : compile_all(jobs)) {
     CAPTURE(o.what);
     CAPTURE(o.log);
