@@ -16,6 +16,7 @@
 #include "templates/attention/bwd_limits.cuh"
 #include "templates/attention/bwd_params.cuh"
 #include "tuner/device_support.hpp"
+#include "tuner/heuristic.hpp"
 
 namespace rajit::tune {
 namespace {
@@ -113,8 +114,7 @@ HotEntry kernel_for(CUcontext ctx, int ordinal, int cc, const gen::AttentionSpec
   req.entry_name = src.entry + suffix;
   req.source = src.text;
   req.options = src.options;
-  // wgmma tiles exist only on the arch-specific sm_90a target.
-  req.arch = tile.mma == gen::MmaKind::kWgmma ? std::string("sm_90a") : detail::arch_for(cc);
+  req.arch = arch_for(tile, cc);  // sm_90a for wgmma tiles
   req.extra_key = src.template_set_hash;
   HotEntry e{rt::KernelCache::global().get(req, ordinal), src.shared_bytes};
   std::lock_guard lock(mu);

@@ -45,12 +45,21 @@ __device__ __forceinline__ void red_add2(float* addr, float a, float b) {
 
 // stmatrix (sm_90): four 8x8 b16 matrices; register i is matrix i in the MMA accumulator layout
 // (thread t: row t / 4, columns 2 (t % 4) and + 1); thread t supplies the row address of matrix
-// t / 8. Here rather than in common/ptx.cuh: only this kernel stores fragments to shared memory.
+// t / 8. Here rather than in common/ptx.cuh: only the dK/dV kernels store fragments to shared
+// memory.
 #if __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void stmatrix_x4(dev::u32 addr, dev::u32 r0, dev::u32 r1, dev::u32 r2,
                                             dev::u32 r3) {
   asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
                "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+// The same with .trans: matrix i is stored transposed, so stored row k holds the fragment's
+// column k (thread t still supplies the address of stored row t % 8 of matrix t / 8).
+__device__ __forceinline__ void stmatrix_x4_trans(dev::u32 addr, const dev::u32 (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
+                   addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
                : "memory");
 }
 #endif
@@ -68,6 +77,33 @@ __device__ __forceinline__ T* elem(const OutOperand2d& op, int b, int h, index_t
 }
 
 }  // namespace bwd_detail
+
+// The first query block of a causal dK/dV key block starting at key n0 (0 without a mask): the
+// block of the first query that sees any of its keys, clamped to m_blocks.
+template <class C>
+__device__ __forceinline__ int dkv_first_query_block(const BwdParams& p, int n0, int m_blocks) {
+  if constexpr (!C::Mask::kCausal) return 0;
+  const int first_row = n0 - (p.seqlen_k - p.seqlen_q);  // the first query that sees key n0
+  const int m_first = first_row > 0 ? first_row / C::kBlockM : 0;
+  return m_first < m_blocks ? m_first : m_blocks;
+}
+
+// This thread's two key rows' bias (rows key_row0 and + 8 of the block at n0), scaled by
+// w_disc * log2(e) for the base-2 exponent; 0 without a bias or past the last key.
+template <class C>
+__device__ __forceinline__ void dkv_bias_rows(const BwdParams& p, int b, int h, int n0,
+                                              int key_row0, float (&bias_row)[2]) {
+  bias_row[0] = bias_row[1] = 0.f;
+  if constexpr (C::Bias::kHasBias) {
+    const float bias_log2 = (p.w_disc ? p.w_disc[h] : 1.f) * bwd_detail::kLog2e;
+    const float* bias = p.bias + b * p.bias_batch_stride + h * p.bias_head_stride;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int j = n0 + key_row0 + 8 * half;
+      bias_row[half] = j < p.seqlen_k ? bias[j] * bias_log2 : 0.f;
+    }
+  }
+}
 
 // One warp's 16 key rows of the dK/dV kernels (mma.sync and wgmma both hold S^T in the m16n8
 // accumulator layout). P^T = exp2(S^T scale log2e + bias - LSE log2e) in place of S^T; with kDoK
@@ -296,14 +332,8 @@ struct BwdDkvKernel {
   __device__ void run() {
     using namespace bwd_detail;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
-    const int diag = seqlen_k - seqlen_q;  // key j visible to query i iff j <= i + diag
     const int m_blocks = (seqlen_q + C::kBlockM - 1) / C::kBlockM;
-    int m_first = 0;
-    if constexpr (C::Mask::kCausal) {
-      const int first_row = n0 - diag;  // the first query that sees any key of this block
-      m_first = first_row > 0 ? first_row / C::kBlockM : 0;
-      if (m_first > m_blocks) m_first = m_blocks;
-    }
+    const int m_first = dkv_first_query_block<C>(p, n0, m_blocks);
     const int n_iters = m_blocks - m_first;
 
     // Resident: the key tile (gated below) and V; then the first query block.
@@ -353,16 +383,8 @@ struct BwdDkvKernel {
     const int key_row0 = 16 * row_warp + lane / 4;  // local; the second row is +8
 
     // This thread's two key rows: bias (pre-scaled to base 2) and column-sum accumulators.
-    float bias_row[2] = {0.f, 0.f};
-    if constexpr (C::Bias::kHasBias) {
-      const float bias_log2 = (p.w_disc ? p.w_disc[h] : 1.f) * kLog2e;
-      const float* bias = p.bias + b * p.bias_batch_stride + h * p.bias_head_stride;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int j = n0 + key_row0 + 8 * half;
-        bias_row[half] = j < seqlen_k ? bias[j] * bias_log2 : 0.f;
-      }
-    }
+    float bias_row[2];
+    dkv_bias_rows<C>(p, b, h, n0, key_row0, bias_row);
     float col_sum[2] = {0.f, 0.f};
     float dv_acc[kDoV ? kVTiles : 1][4], dk_acc[kDoK ? kKTiles : 1][4];
 #pragma unroll

@@ -59,33 +59,10 @@ struct BwdWgmmaConfig {
 };
 
 namespace bwd_detail {
-// stmatrix with .trans: matrix i of the MMA accumulator layout is stored transposed, so stored
-// row k holds the fragment's column k; thread t supplies the address of stored row t % 8 of
-// matrix t / 8.
-__device__ __forceinline__ void stmatrix_x4_trans(dev::u32 addr, const dev::u32 (&r)[4]) {
-  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
-                   addr),
-               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
-               : "memory");
-}
-// blockIdx.x read afresh (volatile: never merged with the earlier read), so values derived from
-// it are recomputed where needed instead of being held in registers across the main loop.
-__device__ __forceinline__ int block_x_again() {
-  int x;
-  asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(x));
-  return x;
-}
-// threadIdx.x read afresh, for the same reason: thread-derived copy and fragment indices are
-// recomputed per step instead of being held across the loop.
-__device__ __forceinline__ int thread_x_again() {
-  int x;
-  asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(x));
-  return x;
-}
 // Barrier of the calling warpgroup's 128 threads (ids 1, 2, ...; 0 is __syncthreads). The id is
 // derived from %tid.x on the spot rather than from a register held across the loop.
 __device__ __forceinline__ void warpgroup_barrier() {
-  asm volatile("bar.sync %0, 128;\n" ::"r"((thread_x_again() >> 7) + 1) : "memory");
+  asm volatile("bar.sync %0, 128;\n" ::"r"((dev::thread_x_again() >> 7) + 1) : "memory");
 }
 }  // namespace bwd_detail
 
@@ -141,8 +118,8 @@ struct BwdDkvWgmmaKernel {
   // operands' (b, h) offsets are recomputed from a fresh read of blockIdx.x: held across the loop,
   // they spill there (255 registers).
   __device__ __forceinline__ void load_query_block(int m_block, int stage) const {
-    using bwd_detail::block_x_again;
-    const int tid = bwd_detail::thread_x_again();
+    using dev::block_x_again;
+    const int tid = dev::thread_x_again();
     const int m0 = m_block * C::kBlockM;
     const dev::u32 base = stage_s(stage);
     int bh_now = bh, b_now = b, h_now = h;
@@ -169,12 +146,7 @@ struct BwdDkvWgmmaKernel {
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
     const int diag = seqlen_k - seqlen_q;  // key j visible to query i iff j <= i + diag
     const int m_blocks = (seqlen_q + C::kBlockM - 1) / C::kBlockM;
-    int m_first = 0;
-    if constexpr (C::Mask::kCausal) {
-      const int first_row = n0 - diag;  // the first query that sees any key of this block
-      m_first = first_row > 0 ? first_row / C::kBlockM : 0;
-      if (m_first > m_blocks) m_first = m_blocks;
-    }
+    const int m_first = dkv_first_query_block<C>(p, n0, m_blocks);
 
     // Resident: the key tile (gated below) and V; then the first kStages - 1 query blocks.
     load_folded<KTile, C::kBlockN, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
@@ -206,16 +178,8 @@ struct BwdDkvWgmmaKernel {
     // pads to wgmma's proxy.
 
     const int key_row0 = 16 * warp + lane / 4;  // local; the second row is +8
-    float bias_row[2] = {0.f, 0.f};  // this thread's two key rows' bias, scaled to base 2
-    if constexpr (C::Bias::kHasBias) {
-      const float bias_log2 = (p.w_disc ? p.w_disc[h] : 1.f) * kLog2e;
-      const float* bias = p.bias + b * p.bias_batch_stride + h * p.bias_head_stride;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int j = n0 + key_row0 + 8 * half;
-        bias_row[half] = j < seqlen_k ? bias[j] * bias_log2 : 0.f;
-      }
-    }
+    float bias_row[2];  // this thread's two key rows' bias, scaled to base 2
+    dkv_bias_rows<C>(p, b, h, n0, key_row0, bias_row);
     // Column sums of dS for this thread's key rows: (64 keys, 8 equal columns) per warpgroup.
     float col_acc[4] = {0.f, 0.f, 0.f, 0.f};
     float dv_acc[C::kHeadDim / 2], dk_acc[C::kDqkPad / 2];  // (64 keys, width) per warpgroup
@@ -265,7 +229,7 @@ struct BwdDkvWgmmaKernel {
 
       // P^T and dS^T; the masked copy only for warps whose 16 keys cross the diagonal or an end.
       // Thread-derived indices from a fresh %tid.x (see thread_x_again).
-      const int tid_now = thread_x_again();
+      const int tid_now = dev::thread_x_again();
       const int lane_now = tid_now % 32, warp_now = tid_now / 32;
       const int warp_key0 = n0 + 16 * warp_now;
       bool masked = m0 + C::kBlockM > seqlen_q || warp_key0 + 16 > seqlen_k;
@@ -369,9 +333,9 @@ struct BwdDkvWgmmaKernel {
     }
     dev::cp_async_wait<0>();
 
-    // The key-side operands' (b, h) offsets, recomputed: held across the loop they spill at
-    // width 128 (255 registers).
-    const int bh_e = block_x_again();
+    // The key-side operands' (b, h) offsets and the gates, recomputed / re-read: held across the
+    // loop they spill at width 128 (255 registers).
+    const int bh_e = dev::block_x_again();
     const int b_e = bh_e / p.heads, h_e = bh_e % p.heads;
     const index_t k_std_e = b_e * p.k_std.batch_stride + h_e * p.k_std.head_stride;
     const index_t q_low_e = b_e * p.q_low.batch_stride + h_e * p.q_low.head_stride;

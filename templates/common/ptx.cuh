@@ -21,6 +21,19 @@ __device__ __forceinline__ int lane_id() {
   asm volatile("mov.u32 %0, %%laneid;\n" : "=r"(lane));
   return lane;
 }
+/// blockIdx.x and threadIdx.x read afresh: volatile, so never merged with an earlier read. Values
+/// derived from them are then recomputed where needed instead of being held in registers across
+/// a loop that runs at the register limit.
+__device__ __forceinline__ int block_x_again() {
+  int x;
+  asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(x));
+  return x;
+}
+__device__ __forceinline__ int thread_x_again() {
+  int x;
+  asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(x));
+  return x;
+}
 /// The generic address of shared-window address `a` (the inverse of smem_addr).
 __device__ __forceinline__ char* shared_to_generic(u32 a) {
   unsigned long long g;
