@@ -16,7 +16,8 @@ bool is_wgmma(const TileConfig& t) { return t.mma == MmaKind::kWgmma; }
 int shared_bytes(const AttentionSpec& s, BackwardKernel k, const TileConfig& t) {
   if (is_wgmma(t) && k != BackwardKernel::kAux) {
     return attn::bwd_dkv_wgmma_shared_bytes(s.d_std, s.r, s.head_dim, t.block_n, t.stages,
-                                            k == BackwardKernel::kDkvAtomicDq);
+                                            k == BackwardKernel::kDkvAtomicDq,
+                                            s.bias != BiasKind::kNone);
   }
   switch (k) {
     case BackwardKernel::kDkv:
@@ -37,7 +38,8 @@ unsigned tile_bits(const AttentionSpec& s, BackwardKernel k, const TileConfig& t
       return attn::kBwdBadBlockM | attn::kBwdBadBlockN | attn::kBwdBadWarps | attn::kBwdBadStages;
     }
     return attn::check_bwd_dkv_wgmma_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.warps,
-                                          t.stages, k == BackwardKernel::kDkvAtomicDq, max_shared);
+                                          t.stages, k == BackwardKernel::kDkvAtomicDq,
+                                          s.bias != BiasKind::kNone, max_shared);
   }
   if (k == BackwardKernel::kDq) {
     return attn::check_bwd_dq_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.warps,

@@ -136,21 +136,23 @@ inline constexpr int kBwdWgmmaMaxStages = 2;  // 3 measured no faster (H200) and
 inline constexpr int kBwdWgmmaRegisterBudget = 192;  // dV + dK + S^T + dP^T fp32 per thread
 
 /// Shared memory of a wgmma dK/dV tile (mirrors attention/bwd_wgmma.cuh): 1024 bytes of alignment
-/// slack, the resident gated key tile and V, `stages` buffers of (query tile, dO tile), the dS
-/// tile (atomic dQ only), the stages' lse and delta vectors, then 2 KiB of ones (the B operand
-/// that sums dS^T's rows). Every swizzled region starts 1024-byte aligned, as the 128-byte
-/// swizzle requires.
-inline constexpr int kBwdWgmmaOnesBytes = 2048;
+/// slack, the resident gated key tile and V, `stages` buffers of (query tile, [ones], dO tile), the
+/// dS tile (atomic dQ only), then the stages' lse and delta vectors. With a bias each stage holds a
+/// 64-column slice of ones right after its query tile: the dK product then runs 8 columns wider and
+/// its last 8 columns are the column sums of dS (the bias gradient) at no extra instruction. Every
+/// swizzled region starts 1024-byte aligned, as the 128-byte swizzle requires.
+RAJIT_HOST_DEVICE constexpr int bwd_dkv_wgmma_ones_bytes(bool bias) {
+  return bias ? kBwdWgmmaBlockM * 128 : 0;
+}
 RAJIT_HOST_DEVICE constexpr int bwd_dkv_wgmma_shared_bytes(int d_std, int r, int head_dim,
-                                                           int block_n, int stages,
-                                                           bool atomic_dq) {
+                                                           int block_n, int stages, bool atomic_dq,
+                                                           bool bias) {
   const int qk_row = wgmma_slices(padded_contraction(d_std, r)) * 128;
   const int v_row = wgmma_slices(head_dim) * 128;
   const int resident = block_n * (qk_row + v_row);
-  const int per_stage = kBwdWgmmaBlockM * (qk_row + v_row);
+  const int per_stage = kBwdWgmmaBlockM * (qk_row + v_row) + bwd_dkv_wgmma_ones_bytes(bias);
   const int ds = atomic_dq ? kBwdWgmmaBlockM * block_n * 2 : 0;
-  return 1024 + resident + stages * per_stage + ds + round_up(stages * kBwdWgmmaBlockM * 8, 1024) +
-         kBwdWgmmaOnesBytes;
+  return 1024 + resident + stages * per_stage + ds + round_up(stages * kBwdWgmmaBlockM * 8, 1024);
 }
 
 RAJIT_HOST_DEVICE constexpr int bwd_dkv_wgmma_registers(int d_std, int r, int head_dim) {
@@ -159,7 +161,7 @@ RAJIT_HOST_DEVICE constexpr int bwd_dkv_wgmma_registers(int d_std, int r, int he
 
 RAJIT_HOST_DEVICE constexpr unsigned check_bwd_dkv_wgmma_tile(int d_std, int r, int head_dim,
                                                               int block_m, int block_n, int warps,
-                                                              int stages, bool atomic_dq,
+                                                              int stages, bool atomic_dq, bool bias,
                                                               int max_shared_bytes) {
   unsigned bad = 0;
   if (block_m != kBwdWgmmaBlockM) bad |= kBwdBadBlockM;
@@ -171,7 +173,7 @@ RAJIT_HOST_DEVICE constexpr unsigned check_bwd_dkv_wgmma_tile(int d_std, int r, 
   if ((head_dim != 64 && head_dim != 128) || (dqk != 64 && dqk != 128)) {
     return bad | kBwdBadWgmmaWidth;
   }
-  if (bwd_dkv_wgmma_shared_bytes(d_std, r, head_dim, block_n, stages, atomic_dq) >
+  if (bwd_dkv_wgmma_shared_bytes(d_std, r, head_dim, block_n, stages, atomic_dq, bias) >
       max_shared_bytes) {
     bad |= kBwdBadSharedMemory;
   }

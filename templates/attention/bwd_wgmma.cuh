@@ -7,8 +7,10 @@
 //   P^T, dS^T                       elementwise in registers (dkv_probs_and_grads: a warpgroup's
 //                                   accumulators have the m16n8 layout per warp);
 //   dV += P^T dO, dKr += dS^T qr    wgmma with P^T / dS^T as register A operands, B MN-major;
-//   column sums of dS (bias grad)   dS^T times a tile of ones (m64n8), so the elementwise step
-//                                   carries no per-element sum;
+//   column sums of dS (bias grad)   with a bias each stage's query tile is followed by a slice of
+//                                   ones, and the dK product runs 8 columns wider over it: its last
+//                                   n8 tile is dS^T times ones, the row sums of dS^T, so neither the
+//                                   elementwise step nor a separate MMA carries the sums;
 //   atomic dQ: dS^T is stored transposed (stmatrix.trans) as dS, K-major, and each 64-column slice
 //   of Gq[rows] += dS kg is one m64n64 product (B = kg MN-major), added with red.global.add.v2.
 // Compared with the mma.sync kernel, nothing is re-read from shared memory per warp (wgmma reads
@@ -37,24 +39,28 @@ struct BwdWgmmaConfig {
   static constexpr int kQkSlices = wgmma_slices(kDqkPad);
   static constexpr int kVSlices = wgmma_slices(kHeadDim);
   // Shared memory, bytes, from a 1024-aligned base:
-  //   [kg | V] [stage 0: qr | dO] ... [dS (atomic)] [stage 0: lse | delta] ...
+  //   [kg | V] [stage 0: qr | ones (bias) | dO] ... [dS (atomic)] [stage 0: lse | delta] ...
   static constexpr int kKBytes = kBlockN * kQkSlices * 128;
   static constexpr int kVBytes = kBlockN * kVSlices * 128;
   static constexpr int kQBytes = kBlockM * kQkSlices * 128;
   static constexpr int kOBytes = kBlockM * kVSlices * 128;
+  static constexpr int kOnesBytes = bwd_dkv_wgmma_ones_bytes(Bias::kHasBias);
+  static constexpr int kDoOffset = kQBytes + kOnesBytes;  // dO within a stage
+  // dK's product width: the padded contraction, plus one n8 tile of column sums with a bias.
+  static constexpr int kDkCols = kDqkPad + (Bias::kHasBias ? 8 : 0);
   static constexpr int kStagesOffset = kKBytes + kVBytes;
-  static constexpr int kStageBytes = kQBytes + kOBytes;
+  static constexpr int kStageBytes = kDoOffset + kOBytes;
   static constexpr int kDsOffset = kStagesOffset + kStages * kStageBytes;
   static constexpr int kDsBytes = kAtomicDq ? kBlockM * kBlockN * 2 : 0;
   static constexpr int kVectorsOffset = kDsOffset + kDsBytes;  // per stage: lse, delta (fp32)
-  static constexpr int kOnesOffset = kVectorsOffset + round_up(kStages * kBlockM * 8, 1024);
-  static constexpr int kSharedBytes = 1024 + kOnesOffset + kBwdWgmmaOnesBytes;
+  static constexpr int kSharedBytes = 1024 + kVectorsOffset + round_up(kStages * kBlockM * 8, 1024);
 
   static_assert(check_bwd_dkv_wgmma_tile(kDStd, kR, kHeadDim, kBlockM, kBlockN, kWarps, kStages,
-                                         kAtomicDq, 1 << 30) == 0,
+                                         kAtomicDq, Bias::kHasBias, 1 << 30) == 0,
                 "invalid wgmma dK/dV tile");
   static_assert(kSharedBytes ==
-                    bwd_dkv_wgmma_shared_bytes(kDStd, kR, kHeadDim, kBlockN, kStages, kAtomicDq),
+                    bwd_dkv_wgmma_shared_bytes(kDStd, kR, kHeadDim, kBlockN, kStages, kAtomicDq,
+                                               Bias::kHasBias),
                 "bwd_limits.cuh and the kernel disagree on the shared-memory layout");
 };
 
@@ -132,7 +138,7 @@ struct BwdDkvWgmmaKernel {
         base, p.q_std, b_now * p.q_std.batch_stride + h_now * p.q_std.head_stride, p.k_low,
         b_now * p.k_low.batch_stride + h_now * p.k_low.head_stride, m0, p.seqlen_q, tid);
     const index_t o_now = b_now * p.d_o.batch_stride + h_now * p.d_o.head_stride;
-    load_rows<OTile, C::kBlockM, C::kHeadDim, 0, 8, C::kThreads>(base + C::kQBytes, p.d_o, o_now,
+    load_rows<OTile, C::kBlockM, C::kHeadDim, 0, 8, C::kThreads>(base + C::kDoOffset, p.d_o, o_now,
                                                                   p.d_o, o_now, m0, p.seqlen_q, tid);
     const index_t row_base = static_cast<index_t>(bh_now) * p.seqlen_q;
     load_floats_wide<C::kBlockM, C::kThreads>(vectors_s(stage), p.lse_log2 + row_base, m0,
@@ -158,10 +164,14 @@ struct BwdDkvWgmmaKernel {
       zero_pad<QTile, C::kBlockM, C::kDqk, C::kDqkPad, C::kThreads>(
           smem + C::kStagesOffset + s * C::kStageBytes, tid);
     }
-    if constexpr (C::Bias::kHasBias) {  // the ones tile: every 16-bit element 1.0
+    if constexpr (C::Bias::kHasBias) {  // each stage's ones slice: every 16-bit element 1.0
       const dev::u32 one = E::pack(1.f, 1.f);
-      for (int i = tid; i < kBwdWgmmaOnesBytes / 16; i += C::kThreads) {
-        reinterpret_cast<uint4*>(smem + C::kOnesOffset)[i] = make_uint4(one, one, one, one);
+      for (int s = 0; s < C::kStages; ++s) {
+        uint4* ones = reinterpret_cast<uint4*>(smem + C::kStagesOffset + s * C::kStageBytes +
+                                               C::kQBytes);
+        for (int i = tid; i < C::kOnesBytes / 16; i += C::kThreads) {
+          ones[i] = make_uint4(one, one, one, one);
+        }
       }
     }
     dev::cp_async_commit();
@@ -180,18 +190,17 @@ struct BwdDkvWgmmaKernel {
     const int key_row0 = 16 * warp + lane / 4;  // local; the second row is +8
     float bias_row[2];  // this thread's two key rows' bias, scaled to base 2
     dkv_bias_rows<C>(p, b, h, n0, key_row0, bias_row);
-    // Column sums of dS for this thread's key rows: (64 keys, 8 equal columns) per warpgroup.
-    float col_acc[4] = {0.f, 0.f, 0.f, 0.f};
-    float dv_acc[C::kHeadDim / 2], dk_acc[C::kDqkPad / 2];  // (64 keys, width) per warpgroup
+    // (64 keys, width) per warpgroup; with a bias dk_acc's last n8 tile holds the column sums of
+    // dS for this thread's key rows (8 equal columns).
+    float dv_acc[C::kHeadDim / 2], dk_acc[C::kDkCols / 2];
 #pragma unroll
     for (int i = 0; i < C::kHeadDim / 2; ++i) dv_acc[i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < C::kDqkPad / 2; ++i) dk_acc[i] = 0.f;
+    for (int i = 0; i < C::kDkCols / 2; ++i) dk_acc[i] = 0.f;
     // Descriptor address fields (bytes >> 4): this warpgroup's 64 key rows of kg and V, and its
     // slice of the dS tile.
     const dev::u32 k_rows_f = (smem_s >> 4) + group * field(64 * 128);
     const dev::u32 v_rows_f = k_rows_f + field(C::kKBytes);
-    const dev::u32 ones_f = (smem_s >> 4) + field(C::kOnesOffset);
     const dev::u32 ds_slice_f = (smem_s >> 4) + field(C::kDsOffset) + group * field(DsTile::kSliceBytes);
 
     int stage = 0;
@@ -205,7 +214,7 @@ struct BwdDkvWgmmaKernel {
         load_query_block(m_block + C::kStages - 1, wrap_stage(stage + C::kStages - 1));
       }
       dev::cp_async_commit();
-      const dev::u32 q_f = stage_s(stage) >> 4, do_f = q_f + field(C::kQBytes);
+      const dev::u32 q_f = stage_s(stage) >> 4, do_f = q_f + field(C::kDoOffset);
       const float* lse_s = reinterpret_cast<const float*>(dev::shared_to_generic(vectors_s(stage)));
       const float* delta_s = lse_s + C::kBlockM;
 
@@ -265,14 +274,9 @@ struct BwdDkvWgmmaKernel {
       }
 #pragma unroll
       for (int kk = 0; kk < kPSteps; ++kk) {
-        dev::wgmma_rs<C::kDqkPad, E>(dk_acc, da[kk],
+        // Over [qr | ones]: the ones slice is the next 64-column slice after qr's last.
+        dev::wgmma_rs<C::kDkCols, E>(dk_acc, da[kk],
                                      mnmajor<QTile::kSliceBytes>(q_f + field(kk * 16 * 128)), 1);
-      }
-      if constexpr (C::Bias::kHasBias) {
-#pragma unroll
-        for (int kk = 0; kk < kPSteps; ++kk) {
-          dev::wgmma_rs<8, E>(col_acc, da[kk], mnmajor<1024>(ones_f), 1);
-        }
       }
       dev::wgmma_commit();
 
@@ -328,7 +332,6 @@ struct BwdDkvWgmmaKernel {
       }
       dev::fence_registers(dv_acc);
       dev::fence_registers(dk_acc);
-      dev::fence_registers(col_acc);
       stage = wrap_stage(stage + 1);
     }
     dev::cp_async_wait<0>();
@@ -340,7 +343,12 @@ struct BwdDkvWgmmaKernel {
     const index_t k_std_e = b_e * p.k_std.batch_stride + h_e * p.k_std.head_stride;
     const index_t q_low_e = b_e * p.q_low.batch_stride + h_e * p.q_low.head_stride;
     float dw_part[2] = {0.f, 0.f};
-    float col_sum[2] = {col_acc[0], col_acc[2]};  // rows lane / 4 and + 8; all 8 columns equal
+    constexpr int kSums = C::kDqkPad / 2;  // dk_acc's column-sum tile (rows lane / 4 and + 8)
+    float col_sum[2] = {0.f, 0.f};
+    if constexpr (C::Bias::kHasBias) {
+      col_sum[0] = dk_acc[kSums];
+      col_sum[1] = dk_acc[kSums + 2];
+    }
     dkv_epilogue<C, true, true, C::kHeadDim / 8, C::kDqkPad / 8, true>(
         p, b_e, h_e, bh_e, n0, lane, key_row0, p.w_std ? p.w_std[h_e] : 1.f,
         p.w_rec ? p.w_rec[h_e] : 1.f, k_std_e, q_low_e, col_sum,
