@@ -122,7 +122,8 @@ struct BwdDkvWgmmaKernel {
 
   // The query tile, dO, lse and delta of block m_block into stage `stage`. At width 128 the
   // operands' (b, h) offsets are recomputed from a fresh read of blockIdx.x: held across the loop,
-  // they spill there (255 registers).
+  // they spill there (255 registers). The vectors go first, so the tiles' copies end the step's
+  // copy burst with nothing behind them that waits for it (perf-notes, backward v3c).
   __device__ __forceinline__ void load_query_block(int m_block, int stage) const {
     using dev::block_x_again;
     const int tid = dev::thread_x_again();
@@ -134,17 +135,15 @@ struct BwdDkvWgmmaKernel {
       b_now = bh_now / p.heads;
       h_now = bh_now % p.heads;
     }
+    const index_t row_base = static_cast<index_t>(bh_now) * p.seqlen_q;
+    const float* const vectors[2] = {p.lse_log2 + row_base, p.delta + row_base};
+    load_float_vectors<C::kBlockM, 2, C::kThreads>(vectors_s(stage), vectors, m0, p.seqlen_q, tid);
     load_rows<QTile, C::kBlockM, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
         base, p.q_std, b_now * p.q_std.batch_stride + h_now * p.q_std.head_stride, p.k_low,
         b_now * p.k_low.batch_stride + h_now * p.k_low.head_stride, m0, p.seqlen_q, tid);
     const index_t o_now = b_now * p.d_o.batch_stride + h_now * p.d_o.head_stride;
     load_rows<OTile, C::kBlockM, C::kHeadDim, 0, 8, C::kThreads>(base + C::kDoOffset, p.d_o, o_now,
                                                                   p.d_o, o_now, m0, p.seqlen_q, tid);
-    const index_t row_base = static_cast<index_t>(bh_now) * p.seqlen_q;
-    load_floats_wide<C::kBlockM, C::kThreads>(vectors_s(stage), p.lse_log2 + row_base, m0,
-                                              p.seqlen_q, tid);
-    load_floats_wide<C::kBlockM, C::kThreads>(vectors_s(stage) + 4 * C::kBlockM,
-                                              p.delta + row_base, m0, p.seqlen_q, tid);
   }
 
   __device__ void run() {

@@ -137,8 +137,9 @@ struct WgmmaFwdKernel {
         base, p.k_std, k_std_off, p.q_low, q_low_off, n0, p.seqlen_k, tid);
     load_rows<VTile, C::kBlockN, C::kHeadDim, 0, 8, C::kThreads>(base + C::kKBytes, p.v, v_off,
                                                                   p.v, v_off, n0, p.seqlen_k, tid);
-    if constexpr (C::Bias::kHasBias) {
-      load_floats_wide<C::kBlockN, C::kThreads>(stage_bias(stage), bias_row, n0, p.seqlen_k, tid);
+    if constexpr (C::Bias::kHasBias) {  // 4-byte copies, no path test (see load_float_vectors)
+      const float* const bias[1] = {bias_row};
+      load_float_vectors<C::kBlockN, 1, C::kThreads>(stage_bias(stage), bias, n0, p.seqlen_k, tid);
     }
   }
 

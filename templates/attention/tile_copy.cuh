@@ -154,6 +154,28 @@ __device__ __forceinline__ void load_floats(char* dst, const float* src, int row
   }
 }
 
+/// kVectors fp32 vectors of kRows values, vector v = src[v][row0 + i], into shared memory one after
+/// another: one 4-byte cp.async per thread (thread t copies value t % kRows of vector t / kRows),
+/// values past `rows_valid` zero-filled. Unlike load_floats_wide there is no alignment test and no
+/// choice of path, and with kThreads == kVectors * kRows no branch at all. That matters in the
+/// streaming loops: a branch just after a burst of cp.async stalls (long scoreboard) until the
+/// burst has read its address registers, and the wide copy's path test was such a branch
+/// (docs/perf-notes.md, "Backward v3c").
+template <int kRows, int kVectors, int kThreads>
+__device__ __forceinline__ void load_float_vectors(dev::u32 dst,
+                                                   const float* const (&src)[kVectors], int row0,
+                                                   int rows_valid, int tid) {
+  static_assert(kVectors * kRows <= kThreads, "one copy per thread at most");
+  const int i = tid % kRows;
+  const bool valid = row0 + i < rows_valid;
+  const float* vector = src[0];
+#pragma unroll
+  for (int v = 1; v < kVectors; ++v) vector = tid >= v * kRows ? src[v] : vector;
+  if (kThreads == kVectors * kRows || tid < kVectors * kRows) {
+    dev::cp_async<4>(dst + 4 * tid, vector + (valid ? row0 + i : 0), valid);
+  }
+}
+
 /// kRows fp32 values src[row0 + i] into shared memory; 16-byte copies when the source is 16-byte
 /// aligned and the whole vector is in range, else 4-byte copies with past `rows_valid` zero-filled.
 template <int kRows, int kThreads>
