@@ -94,45 +94,37 @@ std::vector<std::string> validate_backward(const AttentionSpec& s, BackwardKerne
                               to_string(k)));
     return out;
   }
-  if (is_wgmma(t)) {
-    if (bad & attn::kBwdBadBlockM) {
-      out.push_back(fmt::format("block_m={}: wgmma {} tiles take {}", t.block_m, to_string(k),
-                                attn::kBwdWgmmaBlockM));
-    }
-    if (bad & attn::kBwdBadBlockN) {
-      out.push_back(fmt::format("block_n={}: wgmma {} tiles take 64 or 128", t.block_n, to_string(k)));
-    }
-    if (bad & attn::kBwdBadWarps) {
-      out.push_back(fmt::format("warps={}: wgmma {} tiles need warps = block_n / 16", t.warps,
-                                to_string(k)));
-    }
-    if (bad & attn::kBwdBadStages) {
-      static_assert(attn::kBwdWgmmaMinStages == attn::kBwdWgmmaMaxStages, "message names one value");
-      out.push_back(fmt::format("stages={}: wgmma {} tiles use {} (double-buffered query tiles)",
-                                t.stages, to_string(k), attn::kBwdWgmmaMinStages));
-    }
-    if (bad & attn::kBwdBadWgmmaWidth) {
-      out.push_back(fmt::format("tile {}: wgmma {} tiles need head_dim and d_std + r (padded to 16) "
-                                "both 64 or 128; here {} and {} (use an mma.sync tile)",
-                                t.key(), to_string(k), s.head_dim,
-                                attn::padded_contraction(s.d_std, s.r)));
-    }
-  } else {
-    if (bad & attn::kBwdBadBlockM) {
-      out.push_back(fmt::format("block_m={}: the {} kernel takes {}", t.block_m, to_string(k),
-                                dq ? "64 or 128" : "32 or 64 (16 only where 32 exceeds the register budget)"));
-    }
-    if (bad & attn::kBwdBadBlockN) {
-      out.push_back(fmt::format("block_n={}: the {} kernel takes {}", t.block_n, to_string(k),
-                                dq ? "32 or 64" : "64 or 128"));
-    }
-    if (bad & attn::kBwdBadWarps) {
-      out.push_back(fmt::format("warps={}: the {} kernel needs warps = {}", t.warps, to_string(k),
-                                dq ? "block_m / 16" : "block_n / 16, or 8 with block_n 64"));
-    }
-    if (bad & attn::kBwdBadStages) {
-      out.push_back(fmt::format("stages={}: the backward kernels use 2", t.stages));
-    }
+  // What each tile field may be, in the words of the tile's family.
+  struct Allowed {
+    std::string who, take, need, use, block_m, block_n, warps, stages;
+  };
+  static_assert(attn::kBwdWgmmaMinStages == attn::kBwdWgmmaMaxStages, "message names one value");
+  const Allowed a =
+      is_wgmma(t)
+          ? Allowed{fmt::format("wgmma {} tiles", to_string(k)), "take", "need", "use",
+                    fmt::format("{}", attn::kBwdWgmmaBlockM), "64 or 128", "block_n / 16",
+                    fmt::format("{} (double-buffered query tiles)", attn::kBwdWgmmaMinStages)}
+          : Allowed{fmt::format("the {} kernel", to_string(k)), "takes", "needs", "uses",
+                    dq ? "64 or 128" : "32 or 64 (16 only where 32 exceeds the register budget)",
+                    dq ? "32 or 64" : "64 or 128",
+                    dq ? "block_m / 16" : "block_n / 16, or 8 with block_n 64", "2"};
+  if (bad & attn::kBwdBadBlockM) {
+    out.push_back(fmt::format("block_m={}: {} {} {}", t.block_m, a.who, a.take, a.block_m));
+  }
+  if (bad & attn::kBwdBadBlockN) {
+    out.push_back(fmt::format("block_n={}: {} {} {}", t.block_n, a.who, a.take, a.block_n));
+  }
+  if (bad & attn::kBwdBadWarps) {
+    out.push_back(fmt::format("warps={}: {} {} warps = {}", t.warps, a.who, a.need, a.warps));
+  }
+  if (bad & attn::kBwdBadStages) {
+    out.push_back(fmt::format("stages={}: {} {} {}", t.stages, a.who, a.use, a.stages));
+  }
+  if (bad & attn::kBwdBadWgmmaWidth) {
+    out.push_back(fmt::format("tile {}: wgmma {} tiles need head_dim and d_std + r (padded to 16) "
+                              "both 64 or 128; here {} and {} (use an mma.sync tile)",
+                              t.key(), to_string(k), s.head_dim,
+                              attn::padded_contraction(s.d_std, s.r)));
   }
   if (bad & attn::kBwdBadSharedMemory) {
     out.push_back(fmt::format("tile {}: the {} kernel needs {} bytes of shared memory, the device "

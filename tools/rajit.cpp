@@ -521,7 +521,9 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
     std::fprintf(stderr, "rajit: bench needs a GPU: %s\n", drv.ok ? "no device" : drv.reason.c_str());
     return kExitNoGpu;
   }
-  const std::string device = rt::device_info(0).name;
+  const rt::DeviceInfo dev = rt::device_info(0);
+  const std::string device = dev.name;
+  const bool sm90 = dev.cc_major == 9 && dev.cc_minor == 0;  // --sweep lists wgmma tiles there
   if (bf.dispatch) {
     const double us = tune::bench_dispatch_us();
     std::fprintf(stderr, "host dispatch (cache hit to launch), median: %.2f us\n", us);
@@ -551,8 +553,6 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
       for (const auto& [spec, role] : variants) {
         std::vector<std::optional<gen::TileConfig>> tiles;
         if (bf.sweep) {
-          const rt::DeviceInfo dev = rt::device_info(0);
-          const bool sm90 = dev.cc_major == 9 && dev.cc_minor == 0;
           for (const auto& t : gen::valid_tiles(spec, dev.max_smem_per_block_optin, sm90)) {
             tiles.push_back(t);
           }
@@ -563,8 +563,6 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
           std::vector<std::optional<gen::TileConfig>> bwd_tiles = {std::nullopt};
           if (bf.sweep) {  // every valid dK/dV tile (atomic dQ); the dQ kernel keeps its default
             bwd_tiles.clear();
-            const auto dev = rt::device_info(0);
-            const bool sm90 = dev.cc_major == 9 && dev.cc_minor == 0;
             for (const auto& t : gen::valid_backward_tiles(spec, gen::BackwardKernel::kDkvAtomicDq,
                                                            dev.max_smem_per_block_optin, sm90)) {
               bwd_tiles.push_back(t);

@@ -362,10 +362,7 @@ struct BwdDkvWgmmaKernel {
 template <class Config>
 __device__ __forceinline__ void bwd_dkv_wgmma(const BwdParams& p) {
   extern __shared__ __align__(1024) char smem_raw[];
-  // The 128-byte swizzle repeats every 1024 bytes and wgmma applies it on absolute addresses, so
-  // the tiles start at a 1024-byte boundary (the layout reserves 1024 bytes of slack for this).
-  const dev::u32 raw = dev::smem_addr(smem_raw);
-  char* smem = smem_raw + ((1024u - (raw & 1023u)) & 1023u);
+  char* smem = dev::swizzle_aligned(smem_raw);
   BwdDkvWgmmaKernel<Config> k{p, smem, dev::smem_addr(smem)};
   k.tid = static_cast<int>(threadIdx.x);
   k.warp = k.tid / 32;

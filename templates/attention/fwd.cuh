@@ -95,8 +95,8 @@ struct FwdKernel {
                                                             p.seqlen_k, tid);
     if constexpr (C::Bias::kHasBias) {
       load_floats<C::kBlockN, C::kThreads>(
-          base + C::kKBytes + C::kVBytes, p.bias + b * p.bias_batch_stride + h * p.bias_head_stride, n0,
-          p.seqlen_k, tid);
+          dev::smem_addr(base + C::kKBytes + C::kVBytes),
+          p.bias + b * p.bias_batch_stride + h * p.bias_head_stride, n0, p.seqlen_k, tid);
     }
   }
 

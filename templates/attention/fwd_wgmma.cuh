@@ -138,8 +138,7 @@ struct WgmmaFwdKernel {
     load_rows<VTile, C::kBlockN, C::kHeadDim, 0, 8, C::kThreads>(base + C::kKBytes, p.v, v_off,
                                                                   p.v, v_off, n0, p.seqlen_k, tid);
     if constexpr (C::Bias::kHasBias) {  // 4-byte copies, no path test (see load_float_vectors)
-      const float* const bias[1] = {bias_row};
-      load_float_vectors<C::kBlockN, 1, C::kThreads>(stage_bias(stage), bias, n0, p.seqlen_k, tid);
+      load_floats<C::kBlockN, C::kThreads>(stage_bias(stage), bias_row, n0, p.seqlen_k, tid);
     }
   }
 
@@ -486,10 +485,7 @@ struct WgmmaFwdKernel {
 template <class Config>
 __device__ __forceinline__ void fwd_wgmma(const FwdParams& p) {
   extern __shared__ __align__(1024) char smem_raw[];
-  // The 128-byte swizzle repeats every 1024 bytes and wgmma applies it on absolute addresses, so
-  // the tiles start at a 1024-byte boundary (the layout reserves 1024 bytes of slack for this).
-  const u32 raw = dev::smem_addr(smem_raw);
-  char* smem = smem_raw + ((1024u - (raw & 1023u)) & 1023u);
+  char* smem = dev::swizzle_aligned(smem_raw);
   // Heavy rows first: with a causal mask the last query blocks see the most keys.
   const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.y);
   const int bh = static_cast<int>(blockIdx.x);

@@ -143,37 +143,46 @@ __device__ __forceinline__ void load_plain(char* dst, const Operand2d& op, index
   }
 }
 
-/// kRows fp32 values src[row0 + i] into shared memory; past `rows_valid` zero-filled.
-template <int kRows, int kThreads>
-__device__ __forceinline__ void load_floats(char* dst, const float* src, int row0, int rows_valid,
-                                            int tid) {
-  const dev::u32 base = dev::smem_addr(dst);
-  for (int i = tid; i < kRows; i += kThreads) {
-    const bool valid = row0 + i < rows_valid;
-    dev::cp_async<4>(base + 4 * i, src + (valid ? row0 + i : 0), valid);
-  }
+/// Value t of kVectors fp32 vectors of kRows values each (vector t / kRows, row row0 + t % kRows)
+/// to dst + 4 t; a row past `rows_valid` is zero-filled.
+template <int kRows, int kVectors>
+__device__ __forceinline__ void copy_float_value(dev::u32 dst, const float* const (&src)[kVectors],
+                                                 int row0, int rows_valid, int t) {
+  const int i = t % kRows;
+  const bool valid = row0 + i < rows_valid;
+  const float* vector = src[0];
+#pragma unroll
+  for (int v = 1; v < kVectors; ++v) vector = t >= v * kRows ? src[v] : vector;
+  dev::cp_async<4>(dst + 4 * t, vector + (valid ? row0 + i : 0), valid);
 }
 
 /// kVectors fp32 vectors of kRows values, vector v = src[v][row0 + i], into shared memory one after
-/// another: one 4-byte cp.async per thread (thread t copies value t % kRows of vector t / kRows),
-/// values past `rows_valid` zero-filled. Unlike load_floats_wide there is no alignment test and no
-/// choice of path, and with kThreads == kVectors * kRows no branch at all. That matters in the
-/// streaming loops: a branch just after a burst of cp.async stalls (long scoreboard) until the
-/// burst has read its address registers, and the wide copy's path test was such a branch
-/// (docs/perf-notes.md, "Backward v3c").
+/// another by 4-byte cp.async (thread t copies value t, and t + kThreads, ... where there are more
+/// values than threads), values past `rows_valid` zero-filled. Unlike load_floats_wide there is no
+/// alignment test and no choice of path, and with kThreads == kVectors * kRows no branch at all.
+/// That matters in the streaming loops: a branch just after a burst of cp.async stalls (long
+/// scoreboard) until the burst has read its address registers, and the wide copy's path test was
+/// such a branch (docs/perf-notes.md, "Backward v3c").
 template <int kRows, int kVectors, int kThreads>
 __device__ __forceinline__ void load_float_vectors(dev::u32 dst,
                                                    const float* const (&src)[kVectors], int row0,
                                                    int rows_valid, int tid) {
-  static_assert(kVectors * kRows <= kThreads, "one copy per thread at most");
-  const int i = tid % kRows;
-  const bool valid = row0 + i < rows_valid;
-  const float* vector = src[0];
-#pragma unroll
-  for (int v = 1; v < kVectors; ++v) vector = tid >= v * kRows ? src[v] : vector;
-  if (kThreads == kVectors * kRows || tid < kVectors * kRows) {
-    dev::cp_async<4>(dst + 4 * tid, vector + (valid ? row0 + i : 0), valid);
+  constexpr int kValues = kVectors * kRows;
+  if constexpr (kValues > kThreads) {
+    for (int t = tid; t < kValues; t += kThreads) {
+      copy_float_value<kRows, kVectors>(dst, src, row0, rows_valid, t);
+    }
+  } else if (kThreads == kValues || tid < kValues) {
+    copy_float_value<kRows, kVectors>(dst, src, row0, rows_valid, tid);
   }
+}
+
+/// One fp32 vector src[row0 + i], i < kRows (load_float_vectors of one vector).
+template <int kRows, int kThreads>
+__device__ __forceinline__ void load_floats(dev::u32 dst, const float* src, int row0,
+                                            int rows_valid, int tid) {
+  const float* const vectors[1] = {src};
+  load_float_vectors<kRows, 1, kThreads>(dst, vectors, row0, rows_valid, tid);
 }
 
 /// kRows fp32 values src[row0 + i] into shared memory; 16-byte copies when the source is 16-byte
@@ -187,7 +196,7 @@ __device__ __forceinline__ void load_floats_wide(dev::u32 dst, const float* src,
   if (aligned && row0 + kRows <= rows_valid) {
     dev::cp_async16_if(tid < kRows / 4, dst + 16 * tid, src + row0 + 4 * tid);
   } else {
-    load_floats<kRows, kThreads>(dev::shared_to_generic(dst), src, row0, rows_valid, tid);
+    load_floats<kRows, kThreads>(dst, src, row0, rows_valid, tid);
   }
 }
 

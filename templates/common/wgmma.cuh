@@ -74,6 +74,13 @@ __device__ __forceinline__ void mbarrier_wait(u32 bar, u32 parity) {
 }
 
 // ---- shared-memory matrix descriptors ----------------------------------------------------------
+/// The first 1024-byte boundary at or after `raw` (dynamic shared memory). The 128-byte swizzle
+/// repeats every 1024 bytes and wgmma applies it on absolute addresses, so swizzled tiles start
+/// there; the kernels' layouts reserve 1024 bytes of slack for this.
+__device__ __forceinline__ char* swizzle_aligned(char* raw) {
+  const u32 a = smem_addr(raw);
+  return raw + ((1024u - (a & 1023u)) & 1023u);
+}
 /// Descriptor of a 128-byte-swizzled operand tile (PTX ISA "matrix descriptor"): start address,
 /// leading and stride byte offsets (all >> 4) and layout type 1 (128B swizzle) in bits 62-63.
 /// K-major tiles: rows of 128 bytes, 8-row groups `stride_bytes` apart (leading offset unused).
