@@ -17,12 +17,8 @@ GeneratedSource generate_forward(const AttentionSpec& spec, const TileConfig& ti
   out.options = {"--std=c++17", "--device-as-default-execution-space"};
   out.template_set_hash = template_set_hash();
   out.threads = tile.warps * 32;
-  const bool wgmma = tile.mma == MmaKind::kWgmma;
-  out.shared_bytes =
-      wgmma ? attn::wgmma_fwd_shared_bytes(spec.d_std, spec.r, spec.head_dim, tile.block_m,
-                                           tile.block_n, tile.stages)
-            : attn::fwd_shared_bytes(spec.d_std, spec.r, spec.head_dim, tile.block_m,
-                                     tile.block_n, tile.stages);
+  const bool hopper = is_hopper(tile.mma);
+  out.shared_bytes = forward_shared_bytes(spec, tile);
 
   std::string options_text;
   for (const auto& o : out.options) options_text += (options_text.empty() ? "" : " ") + o;
@@ -41,14 +37,18 @@ GeneratedSource generate_forward(const AttentionSpec& spec, const TileConfig& ti
       {"MASK_POLICY", Value::identifier(spec.causal ? "CausalMask" : "NoMask")},
       {"BIAS_POLICY", Value::identifier(spec.bias == BiasKind::kColumn ? "ColumnBias" : "NoBias")},
       {"ENTRY", Value::identifier(out.entry)},
+      {"FOLDED", Value::identifier(tile.mma == MmaKind::kTmaFolded ? "true" : "false")},
   };
   Values shim_values = values;
-  if (wgmma) shim_values.erase("WARPS");  // implied by block_m: one warpgroup per 64 rows
-  const char* shim_name = wgmma ? "attention/fwd_wgmma_entry.cu.in" : "attention/fwd_entry.cu.in";
-  const std::string shim = render(template_text(shim_name), shim_values);
+  if (hopper) shim_values.erase("WARPS");  // implied by block_m: one warpgroup per 64 rows
+  if (!is_tma(tile.mma)) shim_values.erase("FOLDED");
+  const std::string shim_base = is_tma(tile.mma)            ? "attention/fwd_tma_entry.cu"
+                                : tile.mma == MmaKind::kWgmma ? "attention/fwd_wgmma_entry.cu"
+                                                              : "attention/fwd_entry.cu";
+  const std::string shim = render(template_text(shim_base + ".in"), shim_values);
   out.text = fmt::format("// rajit {} | templates {} | {}\n", RAJIT_VERSION, out.template_set_hash,
                          out.readable_key) +
-             flatten(shim, wgmma ? "attention/fwd_wgmma_entry.cu" : "attention/fwd_entry.cu");
+             flatten(shim, shim_base);
   return out;
 }
 

@@ -70,8 +70,11 @@ std::string AttentionSpec::key() const {
 }
 
 std::string TileConfig::key() const {
-  return fmt::format("bm{}.bn{}.w{}.s{}{}", block_m, block_n, warps, stages,
-                     mma == MmaKind::kWgmma ? ".wgmma" : "");
+  const char* suffix = mma == MmaKind::kWgmma       ? ".wgmma"
+                       : mma == MmaKind::kTma        ? ".tma"
+                       : mma == MmaKind::kTmaFolded  ? ".tmafold"
+                                                     : "";
+  return fmt::format("bm{}.bn{}.w{}.s{}{}", block_m, block_n, warps, stages, suffix);
 }
 
 std::string Arch::name() const { return fmt::format("sm_{}{}", cc, arch_specific ? "a" : ""); }
@@ -112,15 +115,21 @@ AttentionSpec parse_spec_key(std::string_view key) {
 TileConfig parse_tile_key(std::string_view key) {
   const auto parts = split(key, '.');
   TileConfig t;
-  const bool wgmma = parts.size() == 5 && parts[4] == "wgmma";
-  if ((parts.size() != 4 && !wgmma) || !parse_prefixed(parts[0], "bm", t.block_m) ||
+  MmaKind kind = MmaKind::kSync;
+  if (parts.size() == 5) {
+    if (parts[4] == "wgmma") kind = MmaKind::kWgmma;
+    else if (parts[4] == "tma") kind = MmaKind::kTma;
+    else if (parts[4] == "tmafold") kind = MmaKind::kTmaFolded;
+  }
+  if ((parts.size() != 4 && kind == MmaKind::kSync) || !parse_prefixed(parts[0], "bm", t.block_m) ||
       !parse_prefixed(parts[1], "bn", t.block_n) || !parse_prefixed(parts[2], "w", t.warps) ||
       !parse_prefixed(parts[3], "s", t.stages)) {
     throw SpecError({fmt::format(
-        "tile key '{}': must look like bm128.bn64.w4.s2 (mma.sync) or bm128.bn128.w8.s2.wgmma",
+        "tile key '{}': must look like bm128.bn64.w4.s2 (mma.sync) or bm128.bn128.w8.s2.wgmma "
+        "(or .tma / .tmafold)",
         key)});
   }
-  if (wgmma) t.mma = MmaKind::kWgmma;
+  t.mma = kind;
   return t;
 }
 
@@ -159,8 +168,13 @@ namespace {
 
 void validate_wgmma(std::vector<std::string>& out, const AttentionSpec& s, const TileConfig& t,
                     int max_shared_bytes) {
-  const unsigned bad = attn::check_wgmma_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n,
-                                              t.warps, t.stages, max_shared_bytes);
+  const unsigned bad =
+      is_tma(t.mma)
+          ? attn::check_tma_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.warps,
+                                 t.stages, s.bias == BiasKind::kColumn,
+                                 t.mma == MmaKind::kTmaFolded, max_shared_bytes)
+          : attn::check_wgmma_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.warps,
+                                   t.stages, max_shared_bytes);
   if (bad & attn::kBadWgmmaShape) {
     out.push_back(fmt::format(
         "tile {}: a wgmma tile needs block_m in {{{}}}, block_n in {{{}}} and warps = block_m / 16 "
@@ -179,10 +193,9 @@ void validate_wgmma(std::vector<std::string>& out, const AttentionSpec& s, const
                               list_ints(attn::kWgmmaHeadDims, std::size(attn::kWgmmaHeadDims))));
   }
   if (bad & attn::kBadSharedMemory) {
-    out.push_back(fmt::format(
-        "tile {}: needs {} bytes of shared memory, the device allows {} per block", t.key(),
-        attn::wgmma_fwd_shared_bytes(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.stages),
-        max_shared_bytes));
+    out.push_back(fmt::format("tile {}: needs {} bytes of shared memory, the device allows {} per "
+                              "block",
+                              t.key(), forward_shared_bytes(s, t), max_shared_bytes));
   }
   if (bad & attn::kBadRegisters) {
     out.push_back(fmt::format(
@@ -198,7 +211,7 @@ void validate_wgmma(std::vector<std::string>& out, const AttentionSpec& s, const
 std::vector<std::string> validate(const AttentionSpec& s, const TileConfig& t,
                                   int max_shared_bytes) {
   std::vector<std::string> out = validate(s);
-  if (t.mma == MmaKind::kWgmma) {
+  if (is_hopper(t.mma)) {
     validate_wgmma(out, s, t, max_shared_bytes);
     return out;
   }
@@ -275,6 +288,22 @@ std::vector<TileConfig> valid_tiles(const AttentionSpec& s, int max_shared_bytes
 }
 
 bool runs_on(const TileConfig& t, int cc) { return t.mma == MmaKind::kSync || cc == 90; }
+
+int forward_shared_bytes(const AttentionSpec& s, const TileConfig& t) {
+  switch (t.mma) {
+    case MmaKind::kSync:
+      return attn::fwd_shared_bytes(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.stages);
+    case MmaKind::kWgmma:
+      return attn::wgmma_fwd_shared_bytes(s.d_std, s.r, s.head_dim, t.block_m, t.block_n,
+                                          t.stages);
+    case MmaKind::kTma:
+    case MmaKind::kTmaFolded:
+      return attn::tma_fwd_shared_bytes(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.stages,
+                                        s.bias == BiasKind::kColumn,
+                                        t.mma == MmaKind::kTmaFolded);
+  }
+  return 0;
+}
 
 std::string entry_name(const AttentionSpec& s, const TileConfig& t) {
   std::string name = "rajit_" + s.key() + "_" + t.key();

@@ -40,9 +40,16 @@ struct AttentionSpec {
   friend bool operator==(const AttentionSpec&, const AttentionSpec&) = default;
 };
 
-/// Which tensor-core instruction family a forward tile uses: mma.sync (every arch from sm_80) or
-/// Hopper's warpgroup MMA (sm_90a only; one warpgroup of 4 warps per 64 query rows).
-enum class MmaKind { kSync, kWgmma };
+/// Which kernel family a forward tile uses: mma.sync (every arch from sm_80), Hopper's warpgroup
+/// MMA fed by cp.async (sm_90a only; one warpgroup of 4 warps per 64 query rows), or the same
+/// MMA fed by TMA (sm_90a; attention/fwd_tma.cuh), with the key side read as separate operands
+/// or as folded rows (q_low stored right after k_std, k_low right after q_std). The TMA kinds
+/// have the wgmma tile shapes; forward() picks them when the call's tensors allow TMA.
+enum class MmaKind { kSync, kWgmma, kTma, kTmaFolded };
+
+/// True for the kinds that run on Hopper's warpgroup MMA (sm_90a only).
+constexpr bool is_hopper(MmaKind k) { return k != MmaKind::kSync; }
+constexpr bool is_tma(MmaKind k) { return k == MmaKind::kTma || k == MmaKind::kTmaFolded; }
 
 /// A tile shape for the forward kernel. The tuner varies only this.
 struct TileConfig {
@@ -52,7 +59,8 @@ struct TileConfig {
   int stages = 2;
   MmaKind mma = MmaKind::kSync;
 
-  /// Canonical key, e.g. "bm128.bn64.w4.s2" (mma.sync) or "bm128.bn128.w8.s2.wgmma";
+  /// Canonical key, e.g. "bm128.bn64.w4.s2" (mma.sync), "bm128.bn128.w8.s2.wgmma", or with
+  /// ".tma" / ".tmafold" for the TMA kinds;
   /// parse_tile_key() inverts it.
   std::string key() const;
   friend bool operator==(const TileConfig&, const TileConfig&) = default;
@@ -95,6 +103,9 @@ std::vector<TileConfig> valid_tiles(const AttentionSpec&, int max_shared_bytes,
 
 /// Whether a tile of this kind can run on a device of compute capability `cc` (major*10+minor).
 bool runs_on(const TileConfig&, int cc);
+
+/// Dynamic shared memory the forward kernel of (spec, tile) uses, in bytes (any kind).
+int forward_shared_bytes(const AttentionSpec&, const TileConfig&);
 
 /// Procedural kernel entry name: "rajit_fwd_bf16_ds56_r8_d64_causal_colbias_bm128_bn64_w4_s2".
 std::string entry_name(const AttentionSpec&, const TileConfig&);

@@ -73,7 +73,8 @@ namespace rajit::rt {
   X(cuMemGetInfo, 3020)                                                                  \
   X(cuPointerGetAttribute, 4000)                                                         \
   X(cuMemAllocAsync, 11020)                                                              \
-  X(cuMemFreeAsync, 11020)
+  X(cuMemFreeAsync, 11020)                                                               \
+  X(cuTensorMapEncodeTiled, 12000)
 
 /// A table of driver entry points. The real one is filled by probe_driver(); tests build fakes
 /// (S56) and leave the entries they don't need null.

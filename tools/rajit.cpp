@@ -254,6 +254,7 @@ struct BenchFlags {
   std::vector<std::string> shapes;  // "BxHxT" or "BxHxTqxTk"
   bool sweep = false, no_baseline = false, dispatch = false, backward = false, deterministic = false;
   std::string format = "table";
+  std::string layout = "separate";
   int iters = 100, warmup = 10;
 };
 
@@ -535,9 +536,13 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
     double ms, tflops;
   };
   std::vector<Row> rows;
+  if (bf.layout != "separate" && bf.layout != "folded") {
+    throw gen::SpecError({fmt::format("layout={}: must be separate or folded", bf.layout)});
+  }
   tune::BenchOptions opt;
   opt.iters = bf.iters;
   opt.warmup = bf.warmup;
+  opt.folded = bf.layout == "folded";
   for (const auto& shape : shapes) {
     const std::string shape_text =
         fmt::format("{}x{}x{}x{}", shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k);
@@ -682,6 +687,10 @@ struct Cli {
     bench->add_flag("--deterministic", bf.deterministic,
                     "with --backward: also time the deterministic backward");
     bench->add_option("--format", bf.format, "table, csv or json")->capture_default_str();
+    bench->add_option("--layout", bf.layout,
+                      "operand layout of the inputs: separate tensors, or folded rows "
+                      "Qf=[q_std|k_low], Kf=[k_std|q_low] (ra-math.md)")
+        ->capture_default_str();
     bench->add_option("--iters", bf.iters, "timed launches per row")->capture_default_str();
     bench->add_option("--warmup", bf.warmup, "untimed launches first")->capture_default_str();
     tunec = app.add_subcommand("tune", "time every valid tile shape per spec and shape, verify "

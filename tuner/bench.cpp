@@ -40,7 +40,7 @@ struct InputSet {
 
 std::unique_ptr<InputSet> make_set(const gen::AttentionSpec& s, const Shape& sh,
                                    const std::vector<std::uint16_t>& noise,
-                                   const std::vector<float>& fnoise) {
+                                   const std::vector<float>& fnoise, bool folded) {
   auto set = std::make_unique<InputSet>();
   const long long B = sh.batch, H = sh.heads, Tq = sh.seqlen_q, Tk = sh.seqlen_k;
   const auto fill = [&](rt::DeviceBuffer& buf, TensorView& view, long long T, long long W) {
@@ -55,11 +55,27 @@ std::unique_ptr<InputSet> make_set(const gen::AttentionSpec& s, const Shape& sh,
   };
   ForwardArgs& a = set->args;
   a.spec = s;
-  fill(set->q_std, a.q_std, Tq, s.d_std);
-  fill(set->k_std, a.k_std, Tk, s.d_std);
-  if (s.r > 0) {
-    fill(set->k_low, a.k_low, Tq, s.r);
-    fill(set->q_low, a.q_low, Tk, s.r);
+  if (folded && s.r > 0) {  // Qf = [q_std | k_low], Kf = [k_std | q_low]; views, no copies
+    const long long W = s.d_std + s.r;
+    const auto split = [&](TensorView& std_part, TensorView& low, const TensorView& rows) {
+      std_part = rows;
+      std_part.shape[3] = s.d_std;
+      low = rows;
+      low.ptr = static_cast<const char*>(rows.ptr) + 2 * s.d_std;
+      low.shape[3] = s.r;
+    };
+    TensorView qf, kf;
+    fill(set->q_std, qf, Tq, W);
+    fill(set->k_std, kf, Tk, W);
+    split(a.q_std, a.k_low, qf);
+    split(a.k_std, a.q_low, kf);
+  } else {
+    fill(set->q_std, a.q_std, Tq, s.d_std);
+    fill(set->k_std, a.k_std, Tk, s.d_std);
+    if (s.r > 0) {
+      fill(set->k_low, a.k_low, Tq, s.r);
+      fill(set->q_low, a.q_low, Tk, s.r);
+    }
   }
   fill(set->v, a.v, Tk, s.head_dim);
   TensorView o_view;
@@ -91,7 +107,7 @@ struct ForwardInputs::Set {
 };
 
 ForwardInputs::ForwardInputs(const gen::AttentionSpec& s, const Shape& sh, double l2_multiple,
-                             int ordinal, std::uint64_t seed) {
+                             int ordinal, std::uint64_t seed, bool folded) {
   rt::make_primary_context_current(ordinal);
   const rt::DeviceInfo dev = rt::device_info(ordinal);
   const Noise noise_src(s.dtype, seed);
@@ -106,7 +122,7 @@ ForwardInputs::ForwardInputs(const gen::AttentionSpec& s, const Shape& sh, doubl
   sets = std::clamp(sets, 1, 64);
   for (int i = 0; i < sets; ++i) {
     sets_.push_back(std::make_unique<Set>());
-    sets_.back()->set = make_set(s, sh, noise, fnoise);
+    sets_.back()->set = make_set(s, sh, noise, fnoise, folded);
   }
 }
 
@@ -174,7 +190,7 @@ BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> t
 
 BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
                           std::optional<gen::TileConfig> tile, const BenchOptions& opt) {
-  ForwardInputs inputs(s, sh, opt.l2_multiple, 0);
+  ForwardInputs inputs(s, sh, opt.l2_multiple, 0, 12345, opt.folded);
   return time_forward(inputs, tile, opt);
 }
 
@@ -199,7 +215,7 @@ BackwardBenchResult bench_backward(const gen::AttentionSpec& s, const Shape& sh,
   };
   std::vector<BackwardSet> all(static_cast<std::size_t>(sets));
   for (auto& set : all) {
-    set.fwd = make_set(s, sh, noise, fnoise);
+    set.fwd = make_set(s, sh, noise, fnoise, opt.folded);
     const ForwardArgs& f = set.fwd->args;
     BackwardArgs& a = set.args;
     a.spec = s;
@@ -293,7 +309,7 @@ double bench_dispatch_us(int calls) {
   const Shape sh{1, 1, 16, 16};
   std::vector<std::uint16_t> noise(4096, to_storage(s.dtype, 0.5f));
   std::vector<float> fnoise(64, 1.0f);
-  auto set = make_set(s, sh, noise, fnoise);
+  auto set = make_set(s, sh, noise, fnoise, /*folded=*/false);
   const rt::DriverApi& api = rt::driver();
   forward(set->args);  // compile or load outside the timing
   RAJIT_CU_CHECK(api.cuCtxSynchronize(), "warming up");

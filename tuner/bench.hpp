@@ -17,6 +17,10 @@ struct BenchOptions {
   int warmup = 10;
   int iters = 100;
   double l2_multiple = 4;  ///< rotate input sets until they cover this many times the L2
+  /// Operand layout of the input sets: false = separate (B,H,T,width) tensors; true = folded
+  /// rows (ra-math.md): Qf = [q_std | k_low] and Kf = [k_std | q_low], one (B,H,T,Ds+R) tensor
+  /// each, which the TMA forward reads with one box per 64 columns.
+  bool folded = false;
 };
 
 struct BenchResult {
@@ -27,14 +31,14 @@ struct BenchResult {
 };
 
 /// Random input sets for one (spec, shape) on the current context's device: separate
-/// (B,H,T,width) tensors, gates and bias set, never zeros. Enough sets are made that rotating
+/// (B,H,T,width) tensors (or folded rows, `folded`), gates and bias set, never zeros. Enough sets are made that rotating
 /// through them touches `l2_multiple` times the L2, so timings never run out of a warm cache.
 /// Shared by `rajit bench` and the autotuner. Not thread-safe; move-only.
 /// Throws (constructor): rt::DriverError (allocation), rt::NoDriverError.
 class ForwardInputs {
  public:
   ForwardInputs(const gen::AttentionSpec& spec, const Shape& shape, double l2_multiple,
-                int device_ordinal = 0, std::uint64_t seed = 12345);
+                int device_ordinal = 0, std::uint64_t seed = 12345, bool folded = false);
   ~ForwardInputs();
   ForwardInputs(ForwardInputs&&) noexcept;
   ForwardInputs& operator=(ForwardInputs&&) noexcept;

@@ -18,6 +18,7 @@
 #include "tuner/device_support.hpp"
 #include "tuner/heuristic.hpp"
 #include "tuner/policy.hpp"
+#include "tuner/tma_maps.hpp"
 
 namespace rajit::tune {
 namespace {
@@ -116,7 +117,34 @@ LaunchRecord forward(const ForwardArgs& a) {
   }
   const TileDecision decision =
       choose_forward_tile(s, shape, ordinal, dev.cc, dev.max_shared, a.tile, a.tune);
-  const gen::TileConfig tile = decision.tile;
+  gen::TileConfig tile = decision.tile;
+  if (gen::is_tma(tile.mma)) {  // pinned as such: the tensors must allow exactly this kernel
+    gen::TileConfig shape_only = tile;
+    shape_only.mma = gen::MmaKind::kWgmma;
+    std::string why;
+    const gen::MmaKind allowed = detail::tma_kind_for(a, shape_only, dev.max_shared, &why);
+    if (allowed != tile.mma) {
+      shape_only.mma = allowed;
+      throw ArgumentError({fmt::format(
+          "tile {} (from {}): {}; use tile {} for these tensors", tile.key(),
+          to_string(decision.source),
+          gen::is_tma(allowed) ? "the TMA kernel for the other operand layout (.tma: separate "
+                                 "operands, .tmafold: q_low right after k_std and k_low right "
+                                 "after q_std)"
+                               : "these tensors cannot be read by TMA (" + why + ")",
+          shape_only.key())});
+    }
+  }
+  // A wgmma tile runs as the TMA kernel of the same shape when the tensors allow TMA (and, with a
+  // bundle active, when the bundle ships that kernel: a deployment without NVRTC must not compile).
+  if (tile.mma == gen::MmaKind::kWgmma && dev.cc == 90) {
+    gen::TileConfig tma = tile;
+    tma.mma = detail::tma_kind_for(a, tile, dev.max_shared);
+    const auto bundle = gen::is_tma(tma.mma) ? active_bundle() : nullptr;
+    if (gen::is_tma(tma.mma) && (!bundle || bundle->kernel(s.key(), tma.key(), "sm_90a"))) {
+      tile = tma;
+    }
+  }
   if (!gen::runs_on(tile, dev.cc)) {  // e.g. a wgmma tile from RAJIT_TILE or another GPU's file
     throw ArgumentError({fmt::format("tile {} (from {}): wgmma tiles run only on sm_90 GPUs; this "
                                      "device is sm_{}",
@@ -190,7 +218,9 @@ LaunchRecord forward(const ForwardArgs& a) {
     throw ArgumentError({fmt::format("seqlen_q={}: needs {} query blocks of {}, at most {}",
                                      shape.seqlen_q, p.num_m_blocks, tile.block_m, kMaxGridY)});
   }
-  void* args[] = {&p};
+  attn::FwdTmaMaps maps{};
+  void* args[] = {&p, &maps};
+  if (gen::is_tma(tile.mma)) maps = detail::encode_tma_maps(a, tile);
   rt::launch(entry.kernel, static_cast<unsigned>(shape.batch * shape.heads),
              static_cast<unsigned>(p.num_m_blocks), 1, static_cast<unsigned>(tile.warps * 32),
              static_cast<unsigned>(entry.shared_bytes), a.stream, args);

@@ -8,7 +8,7 @@
 namespace rajit::tune {
 
 std::string arch_for(const gen::TileConfig& tile, int cc) {
-  return tile.mma == gen::MmaKind::kWgmma ? std::string("sm_90a") : fmt::format("sm_{}", cc);
+  return gen::is_hopper(tile.mma) ? std::string("sm_90a") : fmt::format("sm_{}", cc);
 }
 
 gen::TileConfig heuristic_tile(const gen::AttentionSpec& spec, const Shape& shape, int cc,

@@ -31,7 +31,7 @@ std::vector<EmittedKernel> emit_kernels(const std::vector<KernelChoice>& choices
       for (auto& p : gen::validate(c.spec, c.tile, a.max_shared_bytes())) {
         problems.push_back(fmt::format("{} {} on {}: {}", c.spec.key(), c.tile.key(), a.name(), p));
       }
-      if (c.tile.mma == gen::MmaKind::kWgmma && !(a.cc == 90 && a.arch_specific)) {
+      if (gen::is_hopper(c.tile.mma) && !(a.cc == 90 && a.arch_specific)) {
         problems.push_back(fmt::format("{} {} on {}: wgmma tiles compile only for sm_90a",
                                        c.spec.key(), c.tile.key(), a.name()));
       }

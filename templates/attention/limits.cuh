@@ -203,6 +203,60 @@ RAJIT_HOST_DEVICE constexpr unsigned check_wgmma_tile(int d_std, int r, int head
   return bad;
 }
 
+// ---- the TMA forward (attention/fwd_tma.cuh): same tile shapes as the wgmma family ----------
+/// Columns read into 128-byte-swizzled slices: the whole folded row when q_low follows k_std in
+/// memory (one box per 64 columns), else k_std alone.
+RAJIT_HOST_DEVICE constexpr int tma_swizzled_cols(int d_std, int r, bool folded) {
+  return folded ? d_std + r : d_std;
+}
+/// 8-column groups (16-byte rows, no swizzle) that q_low / k_low fill when not folded.
+RAJIT_HOST_DEVICE constexpr int tma_low_operand_groups(int r, bool folded) {
+  return folded ? 0 : (r + 7) / 8;
+}
+/// Those groups padded to whole k16 steps.
+RAJIT_HOST_DEVICE constexpr int tma_low_groups(int r, bool folded) {
+  return round_up(tma_low_operand_groups(r, folded), 2);
+}
+inline constexpr int kTmaBarrierBytes = 128;  // 2 per stage (landed, released) + the query's
+
+/// Shared memory of a TMA forward tile (mirrors attention/fwd_tma.cuh): alignment slack, the
+/// query tile (swizzled slices, low groups; O staging aliases it), per stage K (slices, low
+/// groups) and V, the stages' bias vectors, then the mbarriers. Swizzled regions start
+/// 1024-byte aligned.
+RAJIT_HOST_DEVICE constexpr int tma_fwd_shared_bytes(int d_std, int r, int head_dim, int block_m,
+                                                     int block_n, int stages, bool bias,
+                                                     bool folded) {
+  const int slices = wgmma_slices(tma_swizzled_cols(d_std, r, folded));
+  const int groups = tma_low_groups(r, folded);
+  const int q = block_m * slices * 128 + groups * block_m * 16;
+  const int o = block_m * wgmma_slices(head_dim) * 128;
+  const int per_stage = block_n * slices * 128 + round_up(groups * block_n * 16, 1024) +
+                        block_n * wgmma_slices(head_dim) * 128;
+  return 1024 + round_up(q > o ? q : o, 1024) + stages * per_stage +
+         (bias ? stages * block_n * 4 : 0) + kTmaBarrierBytes;
+}
+
+/// CTAs per SM for a TMA tile: 2 when two CTAs' registers and shared memory fit an sm_90 SM.
+/// (No copy-width condition: the compute warps hold no copy addresses.)
+RAJIT_HOST_DEVICE constexpr int tma_fwd_min_blocks(int head_dim, int block_n, int warps,
+                                                   int shared_bytes) {
+  const bool regs_fit = 2 * warps * 32 * (wgmma_fwd_registers(head_dim, block_n) +
+                                          kWgmmaRegisterOverhead) <= kWgmmaRegisterFile;
+  return regs_fit && 2 * shared_bytes <= 228 * 1024 ? 2 : 1;
+}
+
+RAJIT_HOST_DEVICE constexpr unsigned check_tma_tile(int d_std, int r, int head_dim, int block_m,
+                                                    int block_n, int warps, int stages, bool bias,
+                                                    bool folded, int max_shared_bytes) {
+  unsigned bad = check_wgmma_tile(d_std, r, head_dim, block_m, block_n, warps, stages, 1 << 30);
+  if (bad != 0 || check_spec(d_std, r, head_dim) != 0) return bad;
+  if (tma_fwd_shared_bytes(d_std, r, head_dim, block_m, block_n, stages, bias, folded) >
+      max_shared_bytes) {
+    bad |= kBadSharedMemory;
+  }
+  return bad;
+}
+
 /// Opt-in shared memory per block for a compute capability (major * 10 + minor), in bytes.
 RAJIT_HOST_DEVICE constexpr int max_shared_bytes_for_cc(int cc) {
   return cc >= 90 ? 227 * 1024 : cc == 80 ? 163 * 1024 : cc == 87 ? 163 * 1024 : 99 * 1024;

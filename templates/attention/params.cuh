@@ -33,4 +33,18 @@ struct FwdParams {
   int num_m_blocks;
 };
 
+/// A TMA tensor map (CUtensorMap): 128 opaque bytes the driver encodes on the host
+/// (cuTensorMapEncodeTiled) and the kernel reads as a __grid_constant__ parameter.
+struct alignas(64) TmaMap {
+  unsigned long long opaque[16];
+};
+
+/// The TMA forward's second argument: one map per operand it loads, 4-D (columns, rows, heads,
+/// batches), and the bias as one 1-D fp32 array (a row starts at b * batch stride + h * head
+/// stride). With folded operands q_std / k_std span d_std + r columns and k_low / q_low are
+/// unused; unused maps are left zero.
+struct FwdTmaMaps {
+  TmaMap q_std, k_low, k_std, q_low, v, bias;
+};
+
 }  // namespace rajit::attn

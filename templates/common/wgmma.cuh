@@ -73,6 +73,36 @@ __device__ __forceinline__ void mbarrier_wait(u32 bar, u32 parity) {
       : "memory");
 }
 
+// ---- TMA (cp.async.bulk.tensor): one thread starts a box, an mbarrier counts its bytes --------
+/// Arrives on `bar` and adds `bytes` to the transaction count its current phase waits for.
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+/// Makes mbarrier initialisation visible to the TMA unit (the async proxy) before first use.
+__device__ __forceinline__ void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+/// Loads the box at coordinates (c0, c1) of the 2-D tensor map `map` into shared memory at `dst`.
+__device__ __forceinline__ void tma_load_2d(u32 dst, const void* map, u32 bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+/// Loads the box at coordinates (c0, c1, c2, c3) of the tensor map `map` (a __grid_constant__
+/// parameter) into shared memory at `dst`; completes `bytes` on `bar`. Out-of-bounds elements
+/// arrive as zeros.
+__device__ __forceinline__ void tma_load_4d(u32 dst, const void* map, u32 bar, int c0, int c1,
+                                            int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+
 // ---- shared-memory matrix descriptors ----------------------------------------------------------
 /// The first 1024-byte boundary at or after `raw` (dynamic shared memory). The 128-byte swizzle
 /// repeats every 1024 bytes and wgmma applies it on absolute addresses, so swizzled tiles start
@@ -93,6 +123,16 @@ __device__ __forceinline__ unsigned long long sw128_descriptor(u32 addr, u32 lea
          static_cast<unsigned long long>((leading_bytes >> 4) & 0x3fffu) << 16 |
          static_cast<unsigned long long>((stride_bytes >> 4) & 0x3fffu) << 32 |
          1ull << 62;
+}
+
+/// Descriptor of an unswizzled ("interleave") K-major operand: 8-row x 16-byte core matrices
+/// stored as dense 128-byte blocks, `leading_bytes` apart along K and `stride_bytes` apart along
+/// M/N (layout type 0).
+__device__ __forceinline__ unsigned long long interleave_descriptor(u32 addr, u32 leading_bytes,
+                                                                   u32 stride_bytes) {
+  return static_cast<unsigned long long>((addr >> 4) & 0x3fffu) |
+         static_cast<unsigned long long>((leading_bytes >> 4) & 0x3fffu) << 16 |
+         static_cast<unsigned long long>((stride_bytes >> 4) & 0x3fffu) << 32;
 }
 
 // ---- D(64 x N, fp32) (+)= A(64 x 16) * B(16 x N) for one warpgroup -----------------------------

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <optional>
 #include <vector>
 
@@ -46,6 +47,7 @@ const std::vector<Shape> kShapes = {
 
 TEST_CASE("forward: matches the float64 reference over the spec grid, odd shapes and layouts") {
   int case_index = 0;
+  int tma_cases = 0;  // default-tile cases that ran on a TMA kernel (sm_90)
   for (Dtype dt : {Dtype::kBf16, Dtype::kFp16}) {
     for (const SpecCase& sc : kSpecs) {
       for (const Shape& sh : kShapes) {
@@ -82,10 +84,88 @@ TEST_CASE("forward: matches the float64 reference over the spec grid, odd shapes
           CHECK(r.rel_err_o <= r.tolerance);
           CHECK(r.max_abs_err_lse <= 1e-2);
           MESSAGE(fmt::format("{} tile {}: rel err {:.2e}", where, r.tile.key(), r.rel_err_o));
+          if (rajit::gen::is_tma(r.tile.mma)) ++tma_cases;
         }
       }
     }
   }
+  const auto info = rajit::rt::device_info(0);
+  if (info.cc_major * 10 + info.cc_minor == 90) {
+    MESSAGE(fmt::format("{} of the grid's cases ran on a TMA kernel", tma_cases));
+    CHECK(tma_cases > 0);
+  }
+}
+
+// On sm_90 forward() runs a wgmma tile as the TMA kernel of the same shape when every tensor
+// allows TMA: folded rows (.tmafold) or separate operands (.tma). Checks that each kind really
+// runs (and is right), and that the fallbacks happen where they must: bias rows that do not start
+// on 16 bytes (Tk not a multiple of 4) and RAJIT_TMA=0.
+TEST_CASE("forward: the TMA kernels run for folded and separate operands and fall back where "
+          "TMA cannot read the tensors") {
+  using rajit::gen::MmaKind;
+  const auto info = rajit::rt::device_info(0);
+  if (info.cc_major * 10 + info.cc_minor != 90) {
+    MESSAGE("not an sm_90 GPU: the TMA kernels do not run here (skipped)");
+    return;
+  }
+  struct Case {
+    AttentionSpec spec;
+    Shape shape;
+    Layout layout;
+    MmaKind expect;
+  };
+  std::vector<Case> cases;
+  for (Dtype dt : {Dtype::kBf16, Dtype::kFp16}) {
+    const AttentionSpec d64{56, 8, 64, true, BiasKind::kColumn, dt};
+    const AttentionSpec d128{120, 8, 128, true, BiasKind::kColumn, dt};
+    const AttentionSpec plain{64, 0, 64, true, BiasKind::kNone, dt};
+    const AttentionSpec odd{60, 4, 64, false, BiasKind::kColumn, dt};
+    for (const AttentionSpec& spec : {d64, d128, odd}) {
+      // d_std = 60: separate k_std rows of 120 bytes are not a multiple of 16: no TMA.
+      const MmaKind separate = spec.d_std % 8 == 0 ? MmaKind::kTma : MmaKind::kWgmma;
+      cases.push_back({spec, {2, 3, 1000, 1000}, Layout::kFolded, MmaKind::kTmaFolded});
+      cases.push_back({spec, {2, 3, 1000, 1000}, Layout::kSeparate, separate});
+      cases.push_back({spec, {1, 2, 100, 300}, Layout::kStrided, separate});
+      cases.push_back({spec, {2, 2, 300, 100}, Layout::kFolded, MmaKind::kTmaFolded});
+      cases.push_back({spec, {1, 2, 4096, 4096}, Layout::kFolded, MmaKind::kTmaFolded});
+      // Bias rows of 17 floats: not 16-byte aligned, so the cp.async kernel runs.
+      cases.push_back({spec, {2, 3, 17, 17}, Layout::kFolded, MmaKind::kWgmma});
+    }
+    cases.push_back({plain, {2, 3, 129, 129}, Layout::kSeparate, MmaKind::kTmaFolded});
+    cases.push_back({plain, {1, 1, 1, 1}, Layout::kSeparate, MmaKind::kTmaFolded});
+  }
+  int index = 0;
+  for (const Case& c : cases) {
+    rajit::tune::CheckOptions opt;
+    opt.spec = c.spec;
+    opt.shape = c.shape;
+    opt.layout = c.layout;
+    opt.bias_per_batch = index % 2 == 0;
+    opt.random_gates = true;
+    opt.seed = 5000 + static_cast<std::uint64_t>(index++);
+    const std::string where = fmt::format("{} B={} H={} Tq={} Tk={} layout={}", c.spec.key(),
+                                          c.shape.batch, c.shape.heads, c.shape.seqlen_q,
+                                          c.shape.seqlen_k, rajit::tune::to_string(c.layout));
+    CAPTURE(where);
+    const auto r = rajit::tune::run_forward_check(opt);
+    CAPTURE(r.tile.key());
+    CHECK(r.tile.mma == c.expect);
+    CHECK(r.unwritten == 0);
+    CHECK(r.non_finite == 0);
+    CHECK(r.rel_err_o <= r.tolerance);
+    CHECK(r.max_abs_err_lse <= 1e-2);
+    MESSAGE(fmt::format("{} tile {}: rel err {:.2e}", where, r.tile.key(), r.rel_err_o));
+  }
+  // RAJIT_TMA=0: the same folded call runs the cp.async kernel.
+  rajit::tune::CheckOptions opt;
+  opt.spec = {56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16};
+  opt.shape = {2, 3, 1000, 1000};
+  opt.layout = Layout::kFolded;
+  ::setenv("RAJIT_TMA", "0", 1);
+  const auto r = rajit::tune::run_forward_check(opt);
+  ::unsetenv("RAJIT_TMA");
+  CHECK(r.tile.mma == MmaKind::kWgmma);
+  CHECK(r.passed);
 }
 
 TEST_CASE("forward: every tile shape of the benchmark specs matches the reference") {

@@ -75,3 +75,10 @@ TEST_CASE("golden: the seeds' config with bm128.bn64.w8.s3.wgmma matches tests/g
   check_golden({56, 8, 64, true, rajit::gen::BiasKind::kColumn, rajit::gen::Dtype::kBf16},
                {128, 64, 8, 3, rajit::gen::MmaKind::kWgmma});
 }
+
+// The same tile as the TMA kernel over folded rows (what forward() runs on sm_90 when q_low
+// follows k_std in memory).
+TEST_CASE("golden: the seeds' config with bm128.bn64.w8.s3.tmafold matches tests/golden byte for byte") {
+  check_golden({56, 8, 64, true, rajit::gen::BiasKind::kColumn, rajit::gen::Dtype::kBf16},
+               {128, 64, 8, 3, rajit::gen::MmaKind::kTmaFolded});
+}

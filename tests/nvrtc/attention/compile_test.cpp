@@ -111,3 +111,41 @@ TEST_CASE("forward kernels: every valid tile of the seeds' spec and of head_dim 
   CHECK(jobs.size() > 20);
   check_all(compile_all(jobs));
 }
+
+// The TMA kernels have the wgmma tile shapes; forward() runs them when the tensors allow TMA, as
+// separate operands (.tma) or folded rows (.tmafold).
+TEST_CASE("forward TMA kernels: every wgmma tile of the seeds' and the d128 spec, and the "
+          "heuristic tile of other specs, compile as .tma and .tmafold for sm_90a with zero "
+          "spills") {
+  using rajit::gen::MmaKind;
+  const auto sm90 = rajit::gen::parse_arch("sm_90");
+  std::vector<Job> jobs;
+  const auto add_tma = [&](const AttentionSpec& spec, TileConfig tile) {
+    if (tile.mma != MmaKind::kWgmma) return;
+    for (MmaKind kind : {MmaKind::kTma, MmaKind::kTmaFolded}) {
+      tile.mma = kind;
+      if (rajit::gen::validate(spec, tile, sm90.max_shared_bytes()).empty()) {
+        jobs.push_back({spec, tile, sm90});
+      }
+    }
+  };
+  for (const AttentionSpec& spec : {AttentionSpec{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16},
+                                    AttentionSpec{120, 8, 128, true, BiasKind::kColumn,
+                                                  Dtype::kBf16}}) {
+    for (const auto& tile : rajit::gen::valid_tiles(spec, sm90.max_shared_bytes(), true)) {
+      add_tma(spec, tile);
+    }
+  }
+  const AttentionSpec others[] = {{60, 4, 64, true, BiasKind::kColumn, Dtype::kFp16},
+                                  {64, 0, 64, false, BiasKind::kNone, Dtype::kBf16},
+                                  {64, 64, 64, true, BiasKind::kNone, Dtype::kBf16},
+                                  {128, 128, 128, false, BiasKind::kColumn, Dtype::kFp16},
+                                  {36, 0, 64, true, BiasKind::kColumn, Dtype::kBf16},
+                                  {120, 8, 128, false, BiasKind::kNone, Dtype::kFp16}};
+  for (const AttentionSpec& spec : others) {
+    add_tma(spec, rajit::tune::heuristic_tile(spec, {4, 16, 4096, 4096}, 90,
+                                              sm90.max_shared_bytes()));
+  }
+  CHECK(jobs.size() > 20);
+  check_all(compile_all(jobs));
+}

@@ -1,0 +1,528 @@
+/// The RA forward kernel for Hopper (sm_90a) with TMA loads: no copy work on the compute warps.
+// Same warpgroup MMA, online softmax and software pipeline as fwd_wgmma.cuh; what differs is how
+// tiles reach shared memory. One thread per CTA starts each stage's TMA boxes (K, V, the bias
+// vector) on the stage's mbarrier, and every warp waits on it: the compute warps issue no copy
+// and hold no copy address, which is what RA's gather cost the cp.async kernel.
+//
+// The folded rows need two layouts:
+//  - folded operands (kFolded: q_low follows k_std in memory and k_low follows q_std, the
+//    "folded" layout of ra-math.md): one box per 64 columns reads kf = [k_std | q_low] straight
+//    into 128-byte-swizzled slices, exactly as a plain kernel reads K;
+//  - separate operands: k_std fills the swizzled slices (columns past d_std are the box's
+//    out-of-bounds fill, zeros) and q_low fills 8-column groups of 16-byte rows without swizzle
+//    (wgmma's "interleave" layout, one box per group), one more k16 step of Q K^T.
+// The bias vector of a key tile arrives in shared memory with the tile and is read into
+// registers while Q K^T runs, so its latency hides under the MMA.
+#pragma once
+#include "attention/limits.cuh"
+#include "attention/params.cuh"
+#include "attention/policies.cuh"
+#include "attention/tile_copy.cuh"
+#include "common/ptx.cuh"
+#include "common/wgmma.cuh"
+
+namespace rajit::attn {
+
+using dev::u32;
+
+template <class Element_, int kDStd_, int kR_, int kHeadDim_, int kBlockM_, int kBlockN_,
+          int kStages_, class Mask_, class Bias_, bool kFolded_>
+struct TmaFwdConfig {
+  using Element = Element_;
+  using Mask = Mask_;
+  using Bias = Bias_;
+  static constexpr int kDStd = kDStd_, kR = kR_, kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_, kBlockN = kBlockN_, kStages = kStages_;
+  static constexpr int kWarpGroups = kBlockM / 64;
+  static constexpr int kWarps = kWarpGroups * 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr bool kFolded = kFolded_;
+  static constexpr int kSwizzledCols = tma_swizzled_cols(kDStd, kR, kFolded);
+  static constexpr int kStdSlices = wgmma_slices(kSwizzledCols);
+  static constexpr int kVSlices = wgmma_slices(kHeadDim);
+  static constexpr int kLowOperandGroups = tma_low_operand_groups(kR, kFolded);
+  static constexpr int kLowGroups = tma_low_groups(kR, kFolded);
+  static constexpr int kStdSteps = (kSwizzledCols + 15) / 16;  // k16 steps over the slices
+  static constexpr int kLowSteps = kLowGroups / 2;     // k16 steps over the low part
+  static constexpr int kPvSteps = kBlockN / 16;
+  static constexpr int kSRegs = kBlockN / 2;
+  static constexpr int kORegs = kHeadDim / 2;
+  // Shared memory, bytes from a 1024-aligned base:
+  // [Q std | Q low | (O staging aliases Q)] [stage: K std | K low | V] ... [biases] [mbarriers]
+  static constexpr int kQStdBytes = kBlockM * kStdSlices * 128;
+  static constexpr int kQLowBytes = kLowGroups * kBlockM * 16;
+  static constexpr int kOBytes = kBlockM * kVSlices * 128;
+  static constexpr int kQoBytes =
+      round_up(kQStdBytes + kQLowBytes > kOBytes ? kQStdBytes + kQLowBytes : kOBytes, 1024);
+  static constexpr int kKStdBytes = kBlockN * kStdSlices * 128;
+  static constexpr int kKLowBytes = round_up(kLowGroups * kBlockN * 16, 1024);
+  static constexpr int kVBytes = kBlockN * kVSlices * 128;
+  static constexpr int kStageBytes = kKStdBytes + kKLowBytes + kVBytes;
+  static constexpr int kBiasOffset = kQoBytes + kStages * kStageBytes;  // kStages x kBlockN fp32
+  static constexpr int kBiasBytes = Bias::kHasBias ? kStages * kBlockN * 4 : 0;
+  static constexpr int kBarrierOffset = kBiasOffset + kBiasBytes;
+  static constexpr int kSharedBytes = 1024 + kBarrierOffset + kTmaBarrierBytes;
+  // Bytes each stage's boxes deliver (out-of-bounds fill included, as TMA counts it).
+  static constexpr int kStageTxBytes = kKStdBytes + kLowOperandGroups * kBlockN * 16 + kVBytes +
+                                       (Bias::kHasBias ? kBlockN * 4 : 0);
+  static constexpr int kQTxBytes = kQStdBytes + kLowOperandGroups * kBlockM * 16;
+  static constexpr int kMinBlocksPerSm = tma_fwd_min_blocks(kHeadDim, kBlockN, kWarps,
+                                                            kSharedBytes);
+  // One CTA per SM: the warpgroups drift apart through "released" barriers per stage (the thread
+  // that starts a stage's boxes waits for it); two CTAs per SM: a CTA barrier per tile.
+  static constexpr bool kStageBarriers = kMinBlocksPerSm == 1;
+
+  static_assert(check_spec(kDStd, kR, kHeadDim) == 0, "invalid RA spec");
+  static_assert(check_tma_tile(kDStd, kR, kHeadDim, kBlockM, kBlockN, kWarps, kStages,
+                               Bias::kHasBias, kFolded, 1 << 30) == 0,
+                "invalid TMA tile shape");
+  static_assert(kSharedBytes == tma_fwd_shared_bytes(kDStd, kR, kHeadDim, kBlockM, kBlockN,
+                                                     kStages, Bias::kHasBias, kFolded),
+                "limits.cuh and the kernel disagree on the shared-memory layout");
+  static_assert(2 * kStages + 1 <= kTmaBarrierBytes / 8, "no room for the mbarriers");
+};
+
+template <class Config>
+struct TmaFwdKernel {
+  using C = Config;
+  using E = typename C::Element;
+  static constexpr float kLn2 = 0.6931471805599453f;
+
+  const FwdParams& p;
+  const FwdTmaMaps& maps;
+  u32 smem_s;  // 1024-byte-aligned shared-window base
+  int tid;
+  int b, h, m0;
+  int bias_off;  // b * bias_batch_stride + h * bias_head_stride: this CTA's bias row
+  // Address fields (>> 4) of this warpgroup's Q rows (standard and low part) and of stage 0's K
+  // and V; k-steps and stages are compile-time offsets added to them.
+  u32 q_desc0, q_low_desc0, k_desc0, v_desc0;
+
+  __device__ __forceinline__ u32 stage_base(int stage) const {
+    return smem_s + C::kQoBytes + stage * C::kStageBytes;
+  }
+  __device__ __forceinline__ u32 landed_barrier(int stage) const {
+    return smem_s + C::kBarrierOffset + 8 * stage;
+  }
+  __device__ __forceinline__ u32 released_barrier(int stage) const {
+    return smem_s + C::kBarrierOffset + 8 * (C::kStages + stage);
+  }
+  __device__ __forceinline__ u32 query_barrier() const {
+    return smem_s + C::kBarrierOffset + 8 * (2 * C::kStages);
+  }
+  __device__ __forceinline__ u32 stage_bias(int stage) const {
+    return smem_s + C::kBiasOffset + stage * C::kBlockN * 4;
+  }
+
+  // Starts the boxes of key tile `tile` into `stage` (one thread); they complete on its landed
+  // barrier, which expects their bytes.
+  __device__ __forceinline__ void issue_kv(int tile, int stage) const {
+    const int n0 = tile * C::kBlockN;
+    const u32 base = stage_base(stage);
+    const u32 bar = landed_barrier(stage);
+    dev::mbarrier_arrive_expect_tx(bar, C::kStageTxBytes);
+#pragma unroll
+    for (int s = 0; s < C::kStdSlices; ++s) {
+      dev::tma_load_4d(base + s * C::kBlockN * 128, &maps.k_std, bar, 64 * s, n0, h, b);
+    }
+    const u32 low = base + C::kKStdBytes;
+#pragma unroll
+    for (int g = 0; g < C::kLowOperandGroups; ++g) {
+      dev::tma_load_4d(low + g * C::kBlockN * 16, &maps.q_low, bar, 8 * g, n0, h, b);
+    }
+    const u32 v = base + C::kKStdBytes + C::kKLowBytes;
+#pragma unroll
+    for (int s = 0; s < C::kVSlices; ++s) {
+      dev::tma_load_4d(v + s * C::kBlockN * 128, &maps.v, bar, 64 * s, n0, h, b);
+    }
+    if constexpr (C::Bias::kHasBias) {
+      dev::tma_load_2d(stage_bias(stage), &maps.bias, bar, bias_off + n0, 0);
+    }
+  }
+
+  // The query tile: standard slices and k_low groups by TMA (one thread), the ones of the bias
+  // group and the zero groups by every thread.
+  __device__ __forceinline__ void issue_query() const {
+    const u32 bar = query_barrier();
+    dev::mbarrier_arrive_expect_tx(bar, C::kQTxBytes);
+#pragma unroll
+    for (int s = 0; s < C::kStdSlices; ++s) {
+      dev::tma_load_4d(smem_s + s * C::kBlockM * 128, &maps.q_std, bar, 64 * s, m0, h, b);
+    }
+#pragma unroll
+    for (int g = 0; g < C::kLowOperandGroups; ++g) {
+      dev::tma_load_4d(smem_s + C::kQStdBytes + g * C::kBlockM * 16, &maps.k_low, bar, 8 * g, m0,
+                       h, b);
+    }
+  }
+  // Groups of the low part that no box writes (padding to a whole k16 step) are zero on both
+  // sides: zeros on one side only would let stale NaN bit patterns through (0 * NaN = NaN).
+  __device__ __forceinline__ void zero_padding_groups() const {
+    char* const base = dev::shared_to_generic(smem_s);
+#pragma unroll
+    for (int g = C::kLowOperandGroups; g < C::kLowGroups; ++g) {
+      for (int row = tid; row < C::kBlockM; row += C::kThreads) {
+        *reinterpret_cast<uint4*>(base + C::kQStdBytes + (g * C::kBlockM + row) * 16) =
+            make_uint4(0, 0, 0, 0);
+      }
+      for (int i = tid; i < C::kStages * C::kBlockN; i += C::kThreads) {
+        const int stage = i / C::kBlockN, row = i % C::kBlockN;
+        *reinterpret_cast<uint4*>(base + C::kQoBytes + stage * C::kStageBytes + C::kKStdBytes +
+                                  (g * C::kBlockN + row) * 16) = make_uint4(0, 0, 0, 0);
+      }
+    }
+  }
+  // Multiplies the staged query tile by its gates once (w_std on q_std, w_rec on k_low).
+  __device__ __forceinline__ void scale_query_by_gates() const {
+    const float w_std = p.w_std ? p.w_std[h] : 1.f;
+    const float w_rec = p.w_rec ? p.w_rec[h] : 1.f;
+    char* const base = dev::shared_to_generic(smem_s);
+    if constexpr (C::kFolded) {  // both in the swizzled slices
+      scale_by_gates<E, Sw128Tile<C::kBlockM>, C::kBlockM, C::kDStd, C::kR, C::kThreads>(
+          base, w_std, w_rec, tid);
+      return;
+    }
+    if (w_std != 1.f) scale_region(base, C::kQStdBytes / 16, w_std);  // pad columns are zeros
+    if (C::kLowOperandGroups > 0 && w_rec != 1.f) {
+      scale_region(base + C::kQStdBytes, C::kLowOperandGroups * C::kBlockM, w_rec);
+    }
+  }
+  __device__ __forceinline__ void scale_region(char* base, int chunks, float w) const {
+    for (int i = tid; i < chunks; i += C::kThreads) {
+      uint4* ptr = reinterpret_cast<uint4*>(base + 16 * i);
+      uint4 v = *ptr;
+      v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
+      v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
+      v.z = E::pack(E::lo(v.z) * w, E::hi(v.z) * w);
+      v.w = E::pack(E::lo(v.w) * w, E::hi(v.w) * w);
+      *ptr = v;
+    }
+  }
+
+  __device__ static constexpr u32 std_step(int ks, int slice_bytes) {
+    return static_cast<u32>(((ks / 4) * slice_bytes + (ks % 4) * 32) >> 4);
+  }
+  __device__ static constexpr u32 stage_step(int stage) {
+    return static_cast<u32>((stage * C::kStageBytes) >> 4);
+  }
+  __device__ __forceinline__ static unsigned long long kmajor_descriptor(u32 address_field) {
+    return dev::sw128_descriptor(0, 16, 1024) | address_field;
+  }
+  __device__ __forceinline__ static unsigned long long v_descriptor(u32 address_field) {
+    return dev::sw128_descriptor(0, C::kBlockN * 128, 1024) | address_field;
+  }
+  // Low part: k16 step j covers groups 2j and 2j + 1 (`rows` * 16 bytes apart in K); 8-row core
+  // matrices are 128 bytes apart in M/N.
+  template <int kRows>
+  __device__ __forceinline__ static unsigned long long low_descriptor(u32 address_field) {
+    return dev::interleave_descriptor(0, kRows * 16, 128) | address_field;
+  }
+
+  __device__ __forceinline__ static int wrap_stage(int s) {
+    return s >= C::kStages ? s - C::kStages : s;
+  }
+  // Makes tile `tile` (in `stage`) resident and starts tile + kStages - 2.
+  __device__ __forceinline__ void advance_pipeline(int tile, int stage, int n_tiles) const {
+    const int next = tile + C::kStages - 2;
+    const int next_stage = wrap_stage(stage + C::kStages - 2);
+    if constexpr (C::kStageBarriers) {
+      if (tid == 0 && next < n_tiles) {
+        if (next >= C::kStages) {
+          dev::mbarrier_wait(released_barrier(next_stage), (next / C::kStages - 1) & 1);
+        }
+        issue_kv(next, next_stage);
+      }
+      __syncwarp();  // wgmma needs the warp converged again
+    } else {
+      __syncthreads();  // every warpgroup finished P V of tile - 2: its stage is free
+      if (tid == 0 && next < n_tiles) issue_kv(next, next_stage);
+      __syncwarp();
+    }
+    dev::mbarrier_wait(landed_barrier(stage), (tile / C::kStages) & 1);
+  }
+
+  __device__ __forceinline__ void issue_qk(float (&s)[C::kSRegs], int stage) const {
+    const u32 k_desc = k_desc0 + stage_step(stage);
+#pragma unroll
+    for (int ks = 0; ks < C::kStdSteps; ++ks) {
+      dev::wgmma_ss<C::kBlockN, E>(s, kmajor_descriptor(q_desc0 + std_step(ks, C::kBlockM * 128)),
+                                   kmajor_descriptor(k_desc + std_step(ks, C::kBlockN * 128)),
+                                   ks > 0);
+    }
+    const u32 q_low = q_low_desc0;
+    const u32 k_low = k_desc + (C::kKStdBytes >> 4);
+#pragma unroll
+    for (int j = 0; j < C::kLowSteps; ++j) {
+      dev::wgmma_ss<C::kBlockN, E>(
+          s, low_descriptor<C::kBlockM>(q_low + ((j * 2 * C::kBlockM * 16) >> 4)),
+          low_descriptor<C::kBlockN>(k_low + ((j * 2 * C::kBlockN * 16) >> 4)), 1);
+    }
+  }
+
+  __device__ __forceinline__ void issue_pv(float (&o_acc)[C::kORegs], u32 (&pa)[C::kPvSteps][4],
+                                           int stage) const {
+    const u32 v_desc = v_desc0 + stage_step(stage);
+#pragma unroll
+    for (int kk = 0; kk < C::kPvSteps; ++kk) {
+      dev::wgmma_rs<C::kHeadDim, E>(o_acc, pa[kk], v_descriptor(v_desc + (kk * 16 * 128 >> 4)), 1);
+    }
+  }
+
+  __device__ __forceinline__ bool needs_mask(int tile, int warp_row0, int diag) const {
+    const int n0 = tile * C::kBlockN;
+    bool masked = n0 + C::kBlockN > p.seqlen_k;
+    if constexpr (C::Mask::kCausal) masked = masked || n0 + C::kBlockN - 1 > warp_row0 + diag;
+    return masked;
+  }
+  static constexpr int kBiasRegs = C::Bias::kHasBias ? C::kBlockN / 4 : 1;
+  // This thread's bias columns of key tile in `stage` (2 per n8 tile), times w_disc log2(e).
+  // Read right after Q K^T is issued, so the shared-memory latency overlaps the MMA.
+  __device__ __forceinline__ void load_bias(float (&bias)[kBiasRegs], int stage,
+                                            float bias_log2) const {
+    if constexpr (C::Bias::kHasBias) {
+      const u32 base = stage_bias(stage) + 8 * (dev::lane_id() % 4);
+#pragma unroll
+      for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
+        dev::lds_f32x2(base + nt * 32, bias[2 * nt], bias[2 * nt + 1]);
+      }
+#pragma unroll
+      for (int i = 0; i < kBiasRegs; ++i) bias[i] *= bias_log2;
+    }
+  }
+  __device__ __forceinline__ void softmax(float (&s)[C::kSRegs], const float (&bias)[kBiasRegs],
+                                          int tile, int warp_row0, int diag, float (&row_max)[2],
+                                          float (&row_sum)[2], float (&correction)[2]) const {
+    if (needs_mask(tile, warp_row0, diag)) {
+      softmax_tile<true>(s, bias, tile, warp_row0, diag, row_max, row_sum, correction);
+    } else {
+      softmax_tile<false>(s, bias, tile, warp_row0, diag, row_max, row_sum, correction);
+    }
+  }
+  // Online softmax in base 2 over S of one key tile: S becomes P (fp32), the running row maxima
+  // and sums advance, and `correction` is the factor O must be rescaled by.
+  template <bool kMasked>
+  __device__ __forceinline__ void softmax_tile(float (&s)[C::kSRegs],
+                                               const float (&bias)[kBiasRegs], int tile,
+                                               int warp_row0, int diag, float (&row_max)[2],
+                                               float (&row_sum)[2],
+                                               float (&correction)[2]) const {
+    const int n0 = tile * C::kBlockN;
+    const int lane = dev::lane_id();
+    float mx[2] = {row_max[0], row_max[1]};
+    int last[2] = {0, 0};
+    if constexpr (kMasked) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = warp_row0 + lane / 4 + half * 8;
+        last[half] = C::Mask::kCausal ? min(row + diag, p.seqlen_k - 1) : p.seqlen_k - 1;
+        last[half] -= n0 + 2 * (lane % 4);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[nt * 4 + half * 2 + e];
+          x = C::Bias::kHasBias ? fmaf(x, p.scale_log2, bias[2 * nt + e]) : x * p.scale_log2;
+          if constexpr (kMasked) {
+            if (nt * 8 + e > last[half]) x = -__int_as_float(0x7f800000);
+          }
+          mx[half] = fmaxf(mx[half], x);
+        }
+      }
+    }
+    float base[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float m = mx[half];
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      base[half] = m == -__int_as_float(0x7f800000) ? 0.f : m;
+      correction[half] = dev::exp2_approx(row_max[half] - base[half]);
+      row_max[half] = m;
+    }
+    float sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[nt * 4 + half * 2 + e];
+          x = dev::exp2_approx(x - base[half]);
+          sum[half] += x;
+        }
+      }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      row_sum[half] = row_sum[half] * correction[half] + sum[half];
+    }
+  }
+
+  __device__ __forceinline__ static void pack_p(u32 (&pa)[C::kPvSteps][4],
+                                                const float (&s)[C::kSRegs]) {
+#pragma unroll
+    for (int kk = 0; kk < C::kPvSteps; ++kk) {
+      pa[kk][0] = E::pack(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = E::pack(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = E::pack(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = E::pack(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  }
+
+  __device__ void run() {
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+    const int diag = seqlen_k - seqlen_q;
+    int n_end = seqlen_k;
+    if constexpr (C::Mask::kCausal) {
+      const int last_visible = m0 + C::kBlockM - 1 + diag;
+      n_end = last_visible + 1 < seqlen_k ? last_visible + 1 : seqlen_k;
+    }
+    const int n_tiles = n_end > 0 ? (n_end + C::kBlockN - 1) / C::kBlockN : 0;
+    const int group = tid / 128;
+    q_desc0 = static_cast<u32>(dev::sw128_descriptor(smem_s + group * 64 * 128, 0, 0));
+    q_low_desc0 = static_cast<u32>(
+        dev::interleave_descriptor(smem_s + C::kQStdBytes + group * 64 * 16, 0, 0));
+    k_desc0 = static_cast<u32>(dev::sw128_descriptor(smem_s + C::kQoBytes, 0, 0));
+    v_desc0 = static_cast<u32>(
+        dev::sw128_descriptor(smem_s + C::kQoBytes + C::kKStdBytes + C::kKLowBytes, 0, 0));
+
+    if (tid == 0) {
+      for (int s = 0; s < C::kStages; ++s) {
+        dev::mbarrier_init(landed_barrier(s), 1);
+        dev::mbarrier_init(released_barrier(s), C::kThreads);
+      }
+      dev::mbarrier_init(query_barrier(), 1);
+      dev::fence_mbarrier_init();
+    }
+    zero_padding_groups();
+    __syncthreads();  // barriers initialised; constant groups written before any box lands
+    if (tid == 0) {
+      issue_query();
+      for (int s = 0; s < C::kStages - 2 && s < n_tiles; ++s) issue_kv(s, s);
+    }
+    dev::mbarrier_wait(query_barrier(), 0);
+    scale_query_by_gates();
+    dev::fence_proxy_async_shared();  // gated Q, ones and zeros -> wgmma's proxy
+    __syncthreads();
+
+    float o_acc[C::kORegs];
+#pragma unroll
+    for (int i = 0; i < C::kORegs; ++i) o_acc[i] = 0.f;
+    float row_max[2] = {-__int_as_float(0x7f800000), -__int_as_float(0x7f800000)};
+    float row_sum[2] = {0.f, 0.f};
+    const int warp_row0 = m0 + (tid / 32) * 16;
+    const float bias_log2 =
+        C::Bias::kHasBias ? (p.w_disc ? p.w_disc[h] : 1.f) * 1.4426950408889634f : 0.f;
+    float bias[kBiasRegs];
+
+    float s[C::kSRegs];
+    u32 pa[C::kPvSteps][4];
+    int stage = 0;
+    if (n_tiles > 0) {
+      advance_pipeline(0, 0, n_tiles);
+      dev::wgmma_fence();
+      issue_qk(s, 0);
+      dev::wgmma_commit();
+      load_bias(bias, 0, bias_log2);
+      dev::wgmma_wait<0>();
+      dev::fence_registers(s);
+      float correction[2];
+      softmax(s, bias, 0, warp_row0, diag, row_max, row_sum, correction);
+      pack_p(pa, s);
+    }
+    for (int tile = 1; tile < n_tiles; ++tile) {
+      const int prev_stage = stage;
+      stage = wrap_stage(stage + 1);
+      advance_pipeline(tile, stage, n_tiles);
+      dev::wgmma_fence();
+      issue_qk(s, stage);
+      dev::wgmma_commit();
+      issue_pv(o_acc, pa, prev_stage);
+      dev::wgmma_commit();
+      load_bias(bias, stage, bias_log2);
+      dev::wgmma_wait<1>();
+      dev::fence_registers(s);
+      float correction[2];
+      softmax(s, bias, tile, warp_row0, diag, row_max, row_sum, correction);
+      dev::wgmma_wait_all_after(row_sum[0], row_sum[1], smem_s + C::kBarrierOffset,
+                                p.seqlen_q < 0);
+      dev::fence_registers(o_acc);
+      if (C::kStageBarriers) dev::mbarrier_arrive(released_barrier(prev_stage));
+      pack_p(pa, s);
+      if (correction[0] != 1.f || correction[1] != 1.f) {
+#pragma unroll
+        for (int nt = 0; nt < C::kHeadDim / 8; ++nt) {
+          o_acc[nt * 4 + 0] *= correction[0];
+          o_acc[nt * 4 + 1] *= correction[0];
+          o_acc[nt * 4 + 2] *= correction[1];
+          o_acc[nt * 4 + 3] *= correction[1];
+        }
+      }
+    }
+    if (n_tiles > 0) {
+      dev::wgmma_fence();
+      issue_pv(o_acc, pa, stage);
+      dev::wgmma_commit();
+      dev::wgmma_wait<0>();
+      dev::fence_registers(o_acc);
+    }
+    __syncthreads();  // every warpgroup is done reading Q; O is staged where Q was
+
+    char* const out_smem = dev::shared_to_generic(smem_s);
+    const int lane = dev::lane_id();
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float sum = row_sum[half];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const int row = warp_row0 + lane / 4 + half * 8;
+      const int local_row = row - m0;
+#pragma unroll
+      for (int nt = 0; nt < C::kHeadDim / 8; ++nt) {
+        const int col = nt * 8 + 2 * (lane % 4);
+        *reinterpret_cast<u32*>(out_smem + Sw128Tile<C::kBlockM>::byte_offset(local_row, col)) =
+            E::pack(o_acc[nt * 4 + half * 2] * inv, o_acc[nt * 4 + half * 2 + 1] * inv);
+      }
+      if (p.lse != nullptr && lane % 4 == 0 && row < seqlen_q) {
+        const float lse = sum > 0.f ? (row_max[half] + dev::log2_approx(sum)) * kLn2
+                                    : -__int_as_float(0x7f800000);
+        p.lse[(static_cast<index_t>(b) * p.heads + h) * seqlen_q + row] = lse;
+      }
+    }
+    __syncthreads();
+    constexpr int kOUnits = C::kHeadDim / 8;
+    char* o_base = static_cast<char*>(p.o) + 2 * (b * p.o_batch_stride + h * p.o_head_stride);
+    for (int idx = tid; idx < C::kBlockM * kOUnits; idx += C::kThreads) {
+      const int row = idx / kOUnits;
+      const int col = (idx % kOUnits) * 8;
+      if (m0 + row < seqlen_q) {
+        const uint4 v = *reinterpret_cast<const uint4*>(
+            out_smem + Sw128Tile<C::kBlockM>::byte_offset(row, col));
+        *reinterpret_cast<uint4*>(o_base + 2 * ((m0 + row) * p.o_row_stride + col)) = v;
+      }
+    }
+  }
+};
+
+/// Kernel body; the generated shim supplies Config and the extern "C" entry point.
+template <class Config>
+__device__ __forceinline__ void fwd_tma(const FwdParams& p, const FwdTmaMaps& maps) {
+  extern __shared__ __align__(1024) char smem_raw[];
+  char* smem = dev::swizzle_aligned(smem_raw);
+  const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.y);
+  const int bh = static_cast<int>(blockIdx.x);
+  TmaFwdKernel<Config> k{p, maps, dev::smem_addr(smem)};
+  k.tid = static_cast<int>(threadIdx.x);
+  k.b = bh / p.heads;
+  k.h = bh % p.heads;
+  k.bias_off = static_cast<int>(k.b * p.bias_batch_stride + k.h * p.bias_head_stride);
+  k.m0 = m_block * Config::kBlockM;
+  k.run();
+}
+
+}  // namespace rajit::attn

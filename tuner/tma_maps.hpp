@@ -1,0 +1,26 @@
+/// TMA for the forward: whether a call's tensors allow the TMA kernels, and their tensor maps.
+#pragma once
+
+#include <string>
+
+#include "generator/spec.hpp"
+#include "templates/attention/params.cuh"
+#include "tuner/forward.hpp"
+
+namespace rajit::tune::detail {
+
+/// The TMA kind (gen::MmaKind::kTmaFolded or kTma) that a forward call can run with the shape of
+/// `wgmma_tile`, or kWgmma with `why` set when it cannot: RAJIT_TMA=0, a pointer not 16-byte
+/// aligned, a stride that is not a multiple of 16 bytes, bias rows that do not start on 16 bytes
+/// (TMA boxes start on 16-byte boundaries), or a TMA tile that does not fit `max_shared_bytes`.
+/// Folded when q_low lies right after k_std and k_low right after q_std, with equal strides (the
+/// "folded" layout of ra-math.md), or when r == 0.
+gen::MmaKind tma_kind_for(const ForwardArgs& a, const gen::TileConfig& wgmma_tile,
+                          int max_shared_bytes, std::string* why = nullptr);
+
+/// The tensor maps of `tile` (a TMA kind from tma_kind_for) for this call: 4-D (columns, rows,
+/// heads, batches) boxes of 64 swizzled columns or 8 plain ones, and the bias as 2-D
+/// (elements, 1). Throws: rt::DriverError if the driver refuses an encoding.
+attn::FwdTmaMaps encode_tma_maps(const ForwardArgs& a, const gen::TileConfig& tile);
+
+}  // namespace rajit::tune::detail
