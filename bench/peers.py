@@ -193,11 +193,11 @@ def rajit_rows(rajit, case, quick, backward=False):
     for r in json.loads(out.stdout)["rows"]:
         name = "rajit RA + bias" if r["role"] == "ra" else "rajit plain (r=0, no bias)"
         rows.append((f"{name} [{r['tile']}]", r["ms"]))
-    if not backward:  # the same call on folded rows Qf=[q_std|k_low], Kf=[k_std|q_low]
-        out = subprocess.run(cmd + ["--layout", "folded", "--no-baseline"], check=True,
-                             capture_output=True, text=True)
-        for r in json.loads(out.stdout)["rows"]:
-            rows.insert(1, (f"rajit RA + bias, folded operands [{r['tile']}]", r["ms"]))
+    # The same call on folded rows Qf=[q_std|k_low], Kf=[k_std|q_low] (what rajit.nn emits).
+    out = subprocess.run(cmd + ["--layout", "folded", "--no-baseline"], check=True,
+                         capture_output=True, text=True)
+    for i, r in enumerate(json.loads(out.stdout)["rows"]):
+        rows.insert(1 + i, (f"rajit RA + bias, folded operands [{r['tile']}]", r["ms"]))
     return rows
 
 

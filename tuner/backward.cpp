@@ -16,6 +16,7 @@
 #include "templates/attention/bwd_limits.cuh"
 #include "templates/attention/bwd_params.cuh"
 #include "tuner/device_support.hpp"
+#include "tuner/tma_maps.hpp"
 #include "tuner/heuristic.hpp"
 
 namespace rajit::tune {
@@ -225,7 +226,20 @@ BackwardRecord backward(const BackwardArgs& a) {
     if (!problems.empty()) throw gen::SpecError(std::move(problems));
     return *pinned;
   };
-  const gen::TileConfig dkv_tile = pick(dkv_kind, a.dkv_tile);
+  gen::TileConfig dkv_tile = pick(dkv_kind, a.dkv_tile);
+  // The dK/dV kernel reads the streamed query side by TMA when it is stored as folded rows
+  // (k_low right after q_std) and every pointer and stride of q_std and dO is a multiple of 16
+  // bytes; a pinned .tmafold tile on other tensors is an error.
+  const bool tma_ok = dev.cc == 90 && !detail::tma_disabled_by_env() &&
+                      detail::tma_view_ok(a.q_std) && detail::tma_view_ok(a.d_o) &&
+                      (s.r == 0 || detail::tma_folded(a.q_std, a.k_low, s.d_std));
+  if (dkv_tile.mma == gen::MmaKind::kTmaFolded && !tma_ok) {
+    throw ArgumentError({fmt::format(
+        "dkv_tile {}: the TMA dK/dV kernel needs k_low stored right after q_std (folded rows) and "
+        "16-byte aligned pointers and strides for q_std and d_o; use the .wgmma tile",
+        dkv_tile.key())});
+  }
+  if (dkv_tile.mma == gen::MmaKind::kWgmma && tma_ok) dkv_tile.mma = gen::MmaKind::kTmaFolded;
   const gen::TileConfig dq_tile =
       a.deterministic ? pick(BackwardKernel::kDq, a.dq_tile) : gen::TileConfig{};
   const HotEntry pre = kernel_for(ctx, ordinal, dev.cc, s, BackwardKernel::kAux, {}, "_preprocess");
@@ -296,6 +310,14 @@ BackwardRecord backward(const BackwardArgs& a) {
 
   BackwardRecord rec;
   rec.dkv_tile = dkv_tile;
+  attn::BwdTmaMaps maps{};
+  if (dkv_tile.mma == gen::MmaKind::kTmaFolded) {
+    maps.q = detail::encode_tma_map(a.q_std.ptr, s.dtype, s.d_std + s.r, a.q_std, 64,
+                                    attn::kBwdWgmmaBlockM, "q_std (folded with k_low)");
+    maps.d_o = detail::encode_tma_map(a.d_o.ptr, s.dtype, s.head_dim, a.d_o, 64,
+                                      attn::kBwdWgmmaBlockM, "d_o");
+  }
+  void* dkv_args[] = {&p, &maps};
   void* args[] = {&p};
   const unsigned bh = static_cast<unsigned>(d.B * d.H);
   // Row kernels: grid (batch * heads, query blocks of kAuxRowsPerCta); <= 65535 blocks, since
@@ -307,7 +329,7 @@ BackwardRecord backward(const BackwardArgs& a) {
     rec.kernels.push_back(pre.kernel.name);
     rt::launch(dkv.kernel, bh, static_cast<unsigned>(p.num_n_blocks), 1,
                static_cast<unsigned>(dkv_tile.warps * 32), static_cast<unsigned>(dkv.shared_bytes),
-               a.stream, args);
+               a.stream, dkv_args);
     rec.kernels.push_back(dkv.kernel.name);
     if (a.deterministic) {
       rt::launch(second.kernel, bh, static_cast<unsigned>(p.num_m_blocks), 1,

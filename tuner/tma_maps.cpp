@@ -1,4 +1,4 @@
-/// TMA eligibility rules and tensor-map encoding for the forward's TMA kernels (fwd_tma.cuh).
+/// TMA eligibility rules and tensor-map encoding for the TMA kernels (fwd_tma.cuh, the TMA dK/dV kernel).
 #include "tuner/tma_maps.hpp"
 
 #include <fmt/format.h>
@@ -25,13 +25,15 @@ bool tma_stride_ok(long long stride_elems, long long extent) {
   return stride_elems > 0 && bytes % 16 == 0 && bytes < (1LL << 40);
 }
 
-bool view_ok(const TensorView& t) {
+}  // namespace
+
+bool tma_view_ok(const TensorView& t) {
   return t.ptr != nullptr && aligned16(t.ptr) && tma_stride_ok(t.stride[2], t.shape[2]) &&
          tma_stride_ok(t.stride[1], t.shape[1]) && tma_stride_ok(t.stride[0], t.shape[0]);
 }
 
 // `low` continues `std_part` column for column: the folded rows of ra-math.md.
-bool follows(const TensorView& std_part, const TensorView& low, int d_std) {
+bool tma_folded(const TensorView& std_part, const TensorView& low, int d_std) {
   return static_cast<const char*>(low.ptr) ==
              static_cast<const char*>(std_part.ptr) + d_std * kElemBytes &&
          low.stride == std_part.stride;
@@ -42,6 +44,8 @@ bool tma_disabled_by_env() {
   return v != nullptr && std::strcmp(v, "0") == 0;
 }
 
+namespace {
+
 // The bias as TMA sees it: one fp32 array of `extent` elements whose rows start at
 // b * batch_stride + h * head_stride; each row start must be 16-byte aligned.
 long long bias_extent(const ForwardArgs& a) {
@@ -50,8 +54,13 @@ long long bias_extent(const ForwardArgs& a) {
   return (batches - 1) * a.bias.batch_stride + (H - 1) * a.bias.head_stride + Tk;
 }
 
-attn::TmaMap encode(const void* ptr, CUtensorMapDataType type, int cols, const TensorView& t,
-                    int box_cols, int box_rows, bool swizzle, const char* what) {
+}  // namespace
+
+attn::TmaMap encode_tma_map(const void* ptr, gen::Dtype dtype, int cols, const TensorView& t,
+                            int box_cols, int box_rows, const char* what) {
+  const CUtensorMapDataType type = dtype == gen::Dtype::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                              : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const bool swizzle = box_cols == 64;
   attn::TmaMap map{};
   const long long rows = t.shape[2], heads = t.shape[1], batches = t.shape[0];
   // A dimension of extent 1 is never stepped over; give it the dense stride so every stride is
@@ -76,6 +85,8 @@ attn::TmaMap encode(const void* ptr, CUtensorMapDataType type, int cols, const T
                  box_rows);
   return map;
 }
+
+namespace {
 
 // Everything encode_tma_maps reads, as plain bytes: equal keys give equal maps.
 struct MapKey {
@@ -127,13 +138,13 @@ gen::MmaKind tma_kind_for(const ForwardArgs& a, const gen::TileConfig& wgmma_til
   const gen::AttentionSpec& s = a.spec;
   if (wgmma_tile.mma != gen::MmaKind::kWgmma) return no("not a wgmma tile");
   if (tma_disabled_by_env()) return no("RAJIT_TMA=0");
-  if (!view_ok(a.q_std) || !view_ok(a.k_std) || !view_ok(a.v)) {
+  if (!tma_view_ok(a.q_std) || !tma_view_ok(a.k_std) || !tma_view_ok(a.v)) {
     return no("q_std, k_std or v: pointer or stride not a multiple of 16 bytes");
   }
   bool folded = s.r == 0;
   if (s.r > 0) {
-    folded = follows(a.q_std, a.k_low, s.d_std) && follows(a.k_std, a.q_low, s.d_std);
-    if (!folded && (!view_ok(a.k_low) || !view_ok(a.q_low))) {
+    folded = tma_folded(a.q_std, a.k_low, s.d_std) && tma_folded(a.k_std, a.q_low, s.d_std);
+    if (!folded && (!tma_view_ok(a.k_low) || !tma_view_ok(a.q_low))) {
       return no("k_low or q_low: pointer or stride not a multiple of 16 bytes");
     }
   }
@@ -175,17 +186,15 @@ namespace {
 
 attn::FwdTmaMaps encode_all(const ForwardArgs& a, const gen::TileConfig& tile) {
   const gen::AttentionSpec& s = a.spec;
-  const CUtensorMapDataType type = s.dtype == gen::Dtype::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                                                : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   const bool folded = tile.mma == gen::MmaKind::kTmaFolded;
   const int swizzled_cols = attn::tma_swizzled_cols(s.d_std, s.r, folded);
   attn::FwdTmaMaps maps{};
-  maps.q_std = encode(a.q_std.ptr, type, swizzled_cols, a.q_std, 64, tile.block_m, true, "q_std");
-  maps.k_std = encode(a.k_std.ptr, type, swizzled_cols, a.k_std, 64, tile.block_n, true, "k_std");
-  maps.v = encode(a.v.ptr, type, s.head_dim, a.v, 64, tile.block_n, true, "v");
+  maps.q_std = encode_tma_map(a.q_std.ptr, s.dtype, swizzled_cols, a.q_std, 64, tile.block_m, "q_std");
+  maps.k_std = encode_tma_map(a.k_std.ptr, s.dtype, swizzled_cols, a.k_std, 64, tile.block_n, "k_std");
+  maps.v = encode_tma_map(a.v.ptr, s.dtype, s.head_dim, a.v, 64, tile.block_n, "v");
   if (!folded && s.r > 0) {
-    maps.k_low = encode(a.k_low.ptr, type, s.r, a.k_low, 8, tile.block_m, false, "k_low");
-    maps.q_low = encode(a.q_low.ptr, type, s.r, a.q_low, 8, tile.block_n, false, "q_low");
+    maps.k_low = encode_tma_map(a.k_low.ptr, s.dtype, s.r, a.k_low, 8, tile.block_m, "k_low");
+    maps.q_low = encode_tma_map(a.q_low.ptr, s.dtype, s.r, a.q_low, 8, tile.block_n, "q_low");
   }
   if (s.bias == gen::BiasKind::kColumn) {
     const long long extent = bias_extent(a);

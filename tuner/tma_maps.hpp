@@ -18,6 +18,16 @@ namespace rajit::tune::detail {
 gen::MmaKind tma_kind_for(const ForwardArgs& a, const gen::TileConfig& wgmma_tile,
                           int max_shared_bytes, std::string* why = nullptr);
 
+/// The building blocks, shared with the backward: a view TMA can read (16-byte aligned pointer,
+/// strides multiples of 16 bytes), `low` stored right after `std_part` (folded rows), RAJIT_TMA=0,
+/// and one 4-D map (columns, rows, heads, batches) of a 16-bit view with a box of `box_cols` x
+/// `box_rows` (128-byte swizzle for 64-column boxes). Throws (encode): rt::DriverError.
+bool tma_view_ok(const TensorView& t);
+bool tma_folded(const TensorView& std_part, const TensorView& low, int d_std);
+bool tma_disabled_by_env();
+attn::TmaMap encode_tma_map(const void* ptr, gen::Dtype dtype, int cols, const TensorView& t,
+                            int box_cols, int box_rows, const char* what);
+
 /// The tensor maps of `tile` (a TMA kind from tma_kind_for) for this call: 4-D (columns, rows,
 /// heads, batches) boxes of 64 swizzled columns or 8 plain ones, and the bias as 2-D
 /// (elements, 1). Throws: rt::DriverError if the driver refuses an encoding.

@@ -152,7 +152,9 @@ RAJIT_HOST_DEVICE constexpr int bwd_dkv_wgmma_shared_bytes(int d_std, int r, int
   const int resident = block_n * (qk_row + v_row);
   const int per_stage = kBwdWgmmaBlockM * (qk_row + v_row) + bwd_dkv_wgmma_ones_bytes(bias);
   const int ds = atomic_dq ? kBwdWgmmaBlockM * block_n * 2 : 0;
-  return 1024 + resident + stages * per_stage + ds + round_up(stages * kBwdWgmmaBlockM * 8, 1024);
+  // lse and delta per stage, then 64 bytes of mbarriers (the TMA variant's per-stage "landed").
+  return 1024 + resident + stages * per_stage + ds +
+         round_up(stages * kBwdWgmmaBlockM * 8 + 64, 1024);
 }
 
 RAJIT_HOST_DEVICE constexpr int bwd_dkv_wgmma_registers(int d_std, int r, int head_dim) {

@@ -46,4 +46,11 @@ struct BwdParams {
   int gq_gated;      // 1: gq already carries the gates (atomic path); 0: multiply by them
 };
 
+/// The TMA dK/dV kernel's second argument: 4-D (columns, rows, heads, batches) maps of the
+/// streamed query-side tiles. `q` spans the folded row [q_std | k_low] (k_low stored right after
+/// q_std), `d_o` the gradient of the output.
+struct BwdTmaMaps {
+  TmaMap q, d_o;
+};
+
 }  // namespace rajit::attn

@@ -15,6 +15,9 @@
 //   of Gq[rows] += dS kg is one m64n64 product (B = kg MN-major), added with red.global.add.v2.
 // Compared with the mma.sync kernel, nothing is re-read from shared memory per warp (wgmma reads
 // each operand tile once per warpgroup), and the dV/dK accumulators are spread over a warpgroup.
+// kTma: the query tile (folded rows [q_std | k_low], one box per 64 columns) and dO arrive by TMA,
+// started by one thread on the stage's mbarrier, so the step's copy burst (RA's two-source
+// gather; perf-notes, backward v3c) leaves the compute warps; lse and delta stay 4-byte cp.async.
 #pragma once
 #include "attention/bwd.cuh"
 #include "common/wgmma.cuh"
@@ -22,7 +25,7 @@
 namespace rajit::attn {
 
 template <class Element_, int kDStd_, int kR_, int kHeadDim_, int kBlockN_, int kStages_,
-          class Mask_, class Bias_, bool kAtomicDq_>
+          class Mask_, class Bias_, bool kAtomicDq_, bool kTma_ = false>
 struct BwdWgmmaConfig {
   using Element = Element_;
   using Mask = Mask_;
@@ -30,6 +33,7 @@ struct BwdWgmmaConfig {
   static constexpr int kDStd = kDStd_, kR = kR_, kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBwdWgmmaBlockM, kBlockN = kBlockN_, kStages = kStages_;
   static constexpr bool kAtomicDq = kAtomicDq_;
+  static constexpr bool kTma = kTma_;
   static constexpr int kWarpGroups = kBlockN / 64;
   static constexpr int kWarps = kWarpGroups * 4;
   static constexpr int kThreads = kWarps * 32;
@@ -53,7 +57,10 @@ struct BwdWgmmaConfig {
   static constexpr int kDsOffset = kStagesOffset + kStages * kStageBytes;
   static constexpr int kDsBytes = kAtomicDq ? kBlockM * kBlockN * 2 : 0;
   static constexpr int kVectorsOffset = kDsOffset + kDsBytes;  // per stage: lse, delta (fp32)
-  static constexpr int kSharedBytes = 1024 + kVectorsOffset + round_up(kStages * kBlockM * 8, 1024);
+  static constexpr int kBarrierOffset = kVectorsOffset + kStages * kBlockM * 8;  // TMA: "landed"
+  static constexpr int kSharedBytes =
+      1024 + kVectorsOffset + round_up(kStages * kBlockM * 8 + 64, 1024);
+  static constexpr int kTxBytes = kQBytes + kOBytes;  // a stage's boxes (TMA)
 
   static_assert(check_bwd_dkv_wgmma_tile(kDStd, kR, kHeadDim, kBlockM, kBlockN, kWarps, kStages,
                                          kAtomicDq, Bias::kHasBias, 1 << 30) == 0,
@@ -87,6 +94,7 @@ struct BwdDkvWgmmaKernel {
   static constexpr bool kWide = C::kHeadDim + C::kDqkPad > 128;  // at the 255-register limit
 
   const BwdParams& p;
+  const BwdTmaMaps* maps;  // kTma only
   char* smem;  // 1024-byte aligned
   dev::u32 smem_s;
   int tid, warp, lane, group, b, h, bh, n_block, n0;
@@ -100,6 +108,9 @@ struct BwdDkvWgmmaKernel {
   }
   __device__ __forceinline__ static int wrap_stage(int s) {
     return s >= C::kStages ? s - C::kStages : s;
+  }
+  __device__ __forceinline__ dev::u32 landed_barrier(int stage) const {
+    return smem_s + C::kBarrierOffset + 8 * stage;
   }
 
   // Descriptors: K-major tiles have 128-byte rows in 8-row groups 1024 bytes apart; MN-major
@@ -138,6 +149,23 @@ struct BwdDkvWgmmaKernel {
     const index_t row_base = static_cast<index_t>(bh_now) * p.seqlen_q;
     const float* const vectors[2] = {p.lse_log2 + row_base, p.delta + row_base};
     load_float_vectors<C::kBlockM, 2, C::kThreads>(vectors_s(stage), vectors, m0, p.seqlen_q, tid);
+    if constexpr (C::kTma) {
+      if (tid == 0) {  // rows past seqlen_q and columns past d_std + r arrive as zeros
+        const dev::u32 bar = landed_barrier(stage);
+        dev::mbarrier_arrive_expect_tx(bar, C::kTxBytes);
+#pragma unroll
+        for (int s = 0; s < C::kQkSlices; ++s) {
+          dev::tma_load_4d(base + s * QTile::kSliceBytes, &maps->q, bar, 64 * s, m0, h_now, b_now);
+        }
+#pragma unroll
+        for (int s = 0; s < C::kVSlices; ++s) {
+          dev::tma_load_4d(base + C::kDoOffset + s * OTile::kSliceBytes, &maps->d_o, bar, 64 * s,
+                           m0, h_now, b_now);
+        }
+      }
+      __syncwarp();
+      return;
+    }
     load_rows<QTile, C::kBlockM, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
         base, p.q_std, b_now * p.q_std.batch_stride + h_now * p.q_std.head_stride, p.k_low,
         b_now * p.k_low.batch_stride + h_now * p.k_low.head_stride, m0, p.seqlen_q, tid);
@@ -153,13 +181,17 @@ struct BwdDkvWgmmaKernel {
     const int m_blocks = (seqlen_q + C::kBlockM - 1) / C::kBlockM;
     const int m_first = dkv_first_query_block<C>(p, n0, m_blocks);
 
+    if (C::kTma && tid == 0) {
+      for (int s = 0; s < C::kStages; ++s) dev::mbarrier_init(landed_barrier(s), 1);
+      dev::fence_mbarrier_init();
+    }
     // Resident: the key tile (gated below) and V; then the first kStages - 1 query blocks.
     load_folded<KTile, C::kBlockN, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
         smem, p.k_std, k_std_off, p.q_low, q_low_off, n0, seqlen_k, tid);
     zero_pad<KTile, C::kBlockN, C::kDqk, C::kDqkPad, C::kThreads>(smem, tid);
     load_plain<VTile, C::kBlockN, C::kHeadDim, C::kThreads>(smem + C::kKBytes, p.v, v_off, n0,
                                                             seqlen_k, tid);
-    for (int s = 0; s < C::kStages; ++s) {
+    for (int s = 0; s < C::kStages && !C::kTma; ++s) {  // TMA fills the pad columns itself
       zero_pad<QTile, C::kBlockM, C::kDqk, C::kDqkPad, C::kThreads>(
           smem + C::kStagesOffset + s * C::kStageBytes, tid);
     }
@@ -203,10 +235,12 @@ struct BwdDkvWgmmaKernel {
     const dev::u32 ds_slice_f = (smem_s >> 4) + field(C::kDsOffset) + group * field(DsTile::kSliceBytes);
 
     int stage = 0;
+    dev::u32 phase = 0;  // TMA: parity of the landed barriers' current round
     // One loop counter (the query block) and its bound; nothing else carried (255 registers).
     for (int m_block = m_first; m_block < m_blocks; ++m_block) {
       const int m0 = m_block * C::kBlockM;
       dev::cp_async_wait<C::kStages - 2>();  // this step's query block has landed
+      if constexpr (C::kTma) dev::mbarrier_wait(landed_barrier(stage), phase);
       dev::fence_proxy_async_shared();       // our cp.async writes -> wgmma's proxy
       __syncthreads();  // every thread's part landed; every thread is done with the previous step
       if (m_block + C::kStages - 1 < m_blocks) {
@@ -332,6 +366,7 @@ struct BwdDkvWgmmaKernel {
       dev::fence_registers(dv_acc);
       dev::fence_registers(dk_acc);
       stage = wrap_stage(stage + 1);
+      if (stage == 0) phase ^= 1u;
     }
     dev::cp_async_wait<0>();
 
@@ -360,10 +395,11 @@ struct BwdDkvWgmmaKernel {
 /// Kernel body; grid (batch * heads, key blocks), key block 0 (the heaviest under a causal mask)
 /// first. The generated shim supplies Config and the extern "C" entry point.
 template <class Config>
-__device__ __forceinline__ void bwd_dkv_wgmma(const BwdParams& p) {
+__device__ __forceinline__ void bwd_dkv_wgmma(const BwdParams& p,
+                                              const BwdTmaMaps* maps = nullptr) {
   extern __shared__ __align__(1024) char smem_raw[];
   char* smem = dev::swizzle_aligned(smem_raw);
-  BwdDkvWgmmaKernel<Config> k{p, smem, dev::smem_addr(smem)};
+  BwdDkvWgmmaKernel<Config> k{p, maps, smem, dev::smem_addr(smem)};
   k.tid = static_cast<int>(threadIdx.x);
   k.warp = k.tid / 32;
   k.lane = k.tid % 32;

@@ -63,7 +63,7 @@ std::vector<Outcome> compile_all(const std::vector<Job>& jobs) {
 }  // namespace
 
 TEST_CASE("backward kernels: every valid tile of the grid specs compiles for sm_80 and sm_90 (and "
-          "the wgmma dK/dV tiles for sm_90a) with zero spills") {
+          "the wgmma dK/dV tiles, cp.async- and TMA-fed, for sm_90a) with zero spills") {
   // The seeds' specs, plain attention, full rank, widths not a multiple of 16, every head_dim the
   // backward supports; alternating dtype, mask and bias so every policy is compiled.
   const AttentionSpec specs[] = {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16},
@@ -93,6 +93,10 @@ TEST_CASE("backward kernels: every valid tile of the grid specs compiles for sm_
         if (tile.mma != rajit::gen::MmaKind::kWgmma) continue;
         jobs.push_back({spec, k, tile, sm90a, ""});
         ++wgmma_tiles;
+        auto tma = tile;  // the same tile fed by TMA (folded query rows)
+        tma.mma = rajit::gen::MmaKind::kTmaFolded;
+        REQUIRE(rajit::gen::validate_backward(spec, k, tma, sm90a.max_shared_bytes()).empty());
+        jobs.push_back({spec, k, tma, sm90a, ""});
       }
     }
   CHECK(wgmma_tiles > 0);  // the seeds' widths (64 and 128) have wgmma tiles
