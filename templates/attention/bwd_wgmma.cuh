@@ -181,9 +181,14 @@ struct BwdDkvWgmmaKernel {
     const int m_blocks = (seqlen_q + C::kBlockM - 1) / C::kBlockM;
     const int m_first = dkv_first_query_block<C>(p, n0, m_blocks);
 
-    if (C::kTma && tid == 0) {
-      for (int s = 0; s < C::kStages; ++s) dev::mbarrier_init(landed_barrier(s), 1);
-      dev::fence_mbarrier_init();
+    if constexpr (C::kTma) {
+      if (tid == 0) {
+        for (int s = 0; s < C::kStages; ++s) dev::mbarrier_init(landed_barrier(s), 1);
+        dev::fence_mbarrier_init();
+      }
+      // Initialised before anyone uses them (racecheck flags an init and a later arrive with no
+      // barrier between, even from one thread; the forward has the same order).
+      __syncthreads();
     }
     // Resident: the key tile (gated below) and V; then the first kStages - 1 query blocks.
     load_folded<KTile, C::kBlockN, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
