@@ -1,0 +1,143 @@
+/// Host tests for tma_kind_for(): when a forward call may run the TMA kernels, and which layout.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "tuner/tma_maps.hpp"
+
+using rajit::gen::AttentionSpec;
+using rajit::gen::BiasKind;
+using rajit::gen::Dtype;
+using rajit::gen::MmaKind;
+using rajit::gen::TileConfig;
+using rajit::tune::ForwardArgs;
+using rajit::tune::TensorView;
+using rajit::tune::detail::tma_kind_for;
+
+namespace {
+
+constexpr long long B = 2, H = 4, T = 1000;
+constexpr int kHopperSmem = 227 * 1024;
+const TileConfig kWgmmaTile{128, 64, 8, 3, MmaKind::kWgmma};
+const AttentionSpec kSeeds{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16};
+
+const void* at(std::uintptr_t address) { return reinterpret_cast<const void*>(address); }
+
+// (B, H, T, width) rows `row_width` elements apart (row_width >= width); nothing is dereferenced.
+TensorView rows(const void* ptr, long long width, long long row_width) {
+  TensorView t;
+  t.ptr = ptr;
+  t.shape = {B, H, T, width};
+  t.stride = {H * T * row_width, T * row_width, row_width, 1};
+  return t;
+}
+
+// The seeds' spec on separate contiguous tensors (every row a multiple of 16 bytes).
+ForwardArgs separate_args() {
+  ForwardArgs a;
+  a.spec = kSeeds;
+  a.q_std = rows(at(0x1000000), 56, 56);
+  a.k_low = rows(at(0x2000000), 8, 8);
+  a.k_std = rows(at(0x3000000), 56, 56);
+  a.q_low = rows(at(0x4000000), 8, 8);
+  a.v = rows(at(0x5000000), 64, 64);
+  a.o = rows(at(0x6000000), 64, 64);
+  a.bias.ptr = reinterpret_cast<const float*>(0x7000000);
+  a.bias.batch_stride = 0;
+  a.bias.head_stride = T;
+  return a;
+}
+
+// The same call on folded rows: Qf = [q_std | k_low], Kf = [k_std | q_low], 64 columns each.
+ForwardArgs folded_args() {
+  ForwardArgs a = separate_args();
+  a.q_std = rows(at(0x1000000), 56, 64);
+  a.k_low = rows(at(0x1000000 + 2 * 56), 8, 64);
+  a.k_std = rows(at(0x3000000), 56, 64);
+  a.q_low = rows(at(0x3000000 + 2 * 56), 8, 64);
+  return a;
+}
+
+MmaKind kind(const ForwardArgs& a, std::string* why = nullptr) {
+  return tma_kind_for(a, kWgmmaTile, kHopperSmem, why);
+}
+
+}  // namespace
+
+TEST_CASE("tma_kind_for: folded rows get .tmafold, separate tensors .tma, plain attention .tmafold") {
+  CHECK(kind(folded_args()) == MmaKind::kTmaFolded);
+  CHECK(kind(separate_args()) == MmaKind::kTma);
+  ForwardArgs plain = separate_args();
+  plain.spec = {64, 0, 64, true, BiasKind::kNone, Dtype::kFp16};
+  plain.q_std = rows(at(0x1000000), 64, 64);
+  plain.k_std = rows(at(0x3000000), 64, 64);
+  plain.bias = {};
+  CHECK(kind(plain) == MmaKind::kTmaFolded);
+  // Folded only when both sides continue their standard part with equal strides.
+  ForwardArgs half = folded_args();
+  half.q_low = rows(at(0x4000000), 8, 8);
+  CHECK(kind(half) == MmaKind::kTma);
+}
+
+TEST_CASE("tma_kind_for: the cp.async kernel where TMA cannot read the tensors, with the reason") {
+  std::string why;
+  // Bias rows of 17 floats do not start on 16-byte boundaries (a TMA box must).
+  ForwardArgs a = separate_args();
+  a.bias.head_stride = 17;
+  CHECK(kind(a, &why) == MmaKind::kWgmma);
+  CHECK(why.find("bias") != std::string::npos);
+  a = separate_args();
+  a.bias.ptr = reinterpret_cast<const float*>(0x7000004);
+  CHECK(kind(a, &why) == MmaKind::kWgmma);
+  // d_std = 60 as separate tensors: 120-byte rows.
+  a = separate_args();
+  a.spec = {60, 4, 64, true, BiasKind::kColumn, Dtype::kBf16};
+  a.q_std = rows(at(0x1000000), 60, 60);
+  a.k_std = rows(at(0x3000000), 60, 60);
+  a.k_low = rows(at(0x2000000), 4, 4);
+  a.q_low = rows(at(0x4000000), 4, 4);
+  CHECK(kind(a, &why) == MmaKind::kWgmma);
+  CHECK(why.find("stride") != std::string::npos);
+  // ... but the same widths as folded 64-column rows are fine.
+  a.q_std = rows(at(0x1000000), 60, 64);
+  a.k_low = rows(at(0x1000000 + 2 * 60), 4, 64);
+  a.k_std = rows(at(0x3000000), 60, 64);
+  a.q_low = rows(at(0x3000000 + 2 * 60), 4, 64);
+  CHECK(kind(a) == MmaKind::kTmaFolded);
+  // A pointer off a 16-byte boundary, a zero stride over several heads.
+  a = separate_args();
+  a.v.ptr = at(0x5000008);
+  CHECK(kind(a, &why) == MmaKind::kWgmma);
+  a = separate_args();
+  a.k_std.stride[1] = 0;
+  CHECK(kind(a) == MmaKind::kWgmma);
+  // Not a wgmma tile: nothing to upgrade.
+  CHECK(tma_kind_for(folded_args(), {128, 64, 8, 2}, kHopperSmem) == MmaKind::kWgmma);
+}
+
+TEST_CASE("tma_kind_for: RAJIT_TMA=0 keeps the cp.async kernel") {
+  ::setenv("RAJIT_TMA", "0", 1);
+  std::string why;
+  const MmaKind k = kind(folded_args(), &why);
+  ::unsetenv("RAJIT_TMA");
+  CHECK(k == MmaKind::kWgmma);
+  CHECK(why == "RAJIT_TMA=0");
+  CHECK(kind(folded_args()) == MmaKind::kTmaFolded);
+}
+
+TEST_CASE("TMA tile keys round-trip and validate like their wgmma shapes") {
+  for (MmaKind k : {MmaKind::kTma, MmaKind::kTmaFolded}) {
+    TileConfig t = kWgmmaTile;
+    t.mma = k;
+    CAPTURE(t.key());
+    CHECK(rajit::gen::parse_tile_key(t.key()) == t);
+    CHECK(rajit::gen::validate(kSeeds, t, kHopperSmem).empty());
+    CHECK(rajit::gen::runs_on(t, 90));
+    CHECK_FALSE(rajit::gen::runs_on(t, 80));
+  }
+  CHECK(kWgmmaTile.key() == "bm128.bn64.w8.s3.wgmma");
+  CHECK(rajit::gen::parse_tile_key("bm128.bn64.w8.s3.tmafold").mma == MmaKind::kTmaFolded);
+  CHECK_THROWS_AS(rajit::gen::parse_tile_key("bm128.bn64.w8.s3.tmax"), rajit::gen::SpecError);
+}
