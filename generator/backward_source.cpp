@@ -12,10 +12,9 @@ namespace rajit::gen {
 namespace {
 
 // The dK/dV kernel's Hopper tiles: wgmma fed by cp.async, or by TMA (.tmafold: the query side
-// stored as folded rows [q_std | k_low]); both have the same shapes and shared memory.
-bool is_wgmma(const TileConfig& t) {
-  return t.mma == MmaKind::kWgmma || t.mma == MmaKind::kTmaFolded;
-}
+// stored as folded rows [q_std | k_low]; .tma: q_std by TMA, k_low copied over its zero columns);
+// all have the same shapes and shared memory.
+bool is_wgmma(const TileConfig& t) { return is_hopper(t.mma); }
 
 int shared_bytes(const AttentionSpec& s, BackwardKernel k, const TileConfig& t) {
   if (is_wgmma(t) && k != BackwardKernel::kAux) {
@@ -98,12 +97,7 @@ std::vector<std::string> validate_backward(const AttentionSpec& s, BackwardKerne
                               to_string(k)));
     return out;
   }
-  if (t.mma == MmaKind::kTma) {
-    out.push_back(fmt::format("tile {}: the {} kernel reads the query side by TMA only as folded "
-                              "rows (use .tmafold or .wgmma)",
-                              t.key(), to_string(k)));
-    return out;
-  }
+
   // What each tile field may be, in the words of the tile's family.
   struct Allowed {
     std::string who, take, need, use, block_m, block_n, warps, stages;
@@ -202,7 +196,7 @@ GeneratedSource generate_backward(const AttentionSpec& s, BackwardKernel k, cons
     values.emplace("ENTRY_FINALIZE", Value::identifier(out.entry + "_finalize"));
   } else {
     shim_path = k == BackwardKernel::kDq ? "attention/bwd_dq_entry.cu.in"
-                : t.mma == MmaKind::kTmaFolded ? "attention/bwd_dkv_tma_entry.cu.in"
+                : is_tma(t.mma)          ? "attention/bwd_dkv_tma_entry.cu.in"
                 : is_wgmma(t)            ? "attention/bwd_dkv_wgmma_entry.cu.in"
                                          : "attention/bwd_dkv_entry.cu.in";
     if (!is_wgmma(t)) {  // wgmma tiles: block_m is fixed and warps = block_n / 16
@@ -218,6 +212,9 @@ GeneratedSource generate_backward(const AttentionSpec& s, BackwardKernel k, cons
     if (k != BackwardKernel::kDq) {
       values.emplace("ATOMIC_DQ",
                      Value::identifier(k == BackwardKernel::kDkvAtomicDq ? "true" : "false"));
+    }
+    if (is_tma(t.mma) && k != BackwardKernel::kDq) {
+      values.emplace("TMA_SEPARATE", Value::identifier(t.mma == MmaKind::kTma ? "true" : "false"));
     }
   }
   const std::string shim = render(template_text(shim_path), values);

@@ -227,19 +227,33 @@ BackwardRecord backward(const BackwardArgs& a) {
     return *pinned;
   };
   gen::TileConfig dkv_tile = pick(dkv_kind, a.dkv_tile);
-  // The dK/dV kernel reads the streamed query side by TMA when it is stored as folded rows
-  // (k_low right after q_std) and every pointer and stride of q_std and dO is a multiple of 16
-  // bytes; a pinned .tmafold tile on other tensors is an error.
-  const bool tma_ok = dev.cc == 90 && !detail::tma_disabled_by_env() &&
-                      detail::tma_view_ok(a.q_std) && detail::tma_view_ok(a.d_o) &&
-                      (s.r == 0 || detail::tma_folded(a.q_std, a.k_low, s.d_std));
-  if (dkv_tile.mma == gen::MmaKind::kTmaFolded && !tma_ok) {
-    throw ArgumentError({fmt::format(
-        "dkv_tile {}: the TMA dK/dV kernel needs k_low stored right after q_std (folded rows) and "
-        "16-byte aligned pointers and strides for q_std and d_o; use the .wgmma tile",
-        dkv_tile.key())});
+  // The dK/dV kernel reads the streamed query side by TMA when every pointer and stride of q_std
+  // and dO is a multiple of 16 bytes: as folded rows (.tmafold: k_low right after q_std, or
+  // r = 0), else q_std by TMA and k_low by cp.async (.tma). A pinned TMA tile the tensors do not
+  // allow is an error.
+  gen::MmaKind tma_kind = gen::MmaKind::kWgmma;
+  if (dev.cc == 90 && !detail::tma_disabled_by_env() && detail::tma_view_ok(a.q_std) &&
+      detail::tma_view_ok(a.d_o)) {
+    tma_kind = s.r == 0 || detail::tma_folded(a.q_std, a.k_low, s.d_std) ? gen::MmaKind::kTmaFolded
+                                                                         : gen::MmaKind::kTma;
   }
-  if (dkv_tile.mma == gen::MmaKind::kWgmma && tma_ok) dkv_tile.mma = gen::MmaKind::kTmaFolded;
+  // .tma waits in mid-step for the next block's boxes before copying k_low over them; at width
+  // 64 the steps are too short for that wait to hide (1.55 ms vs 1.53 ms with cp.async at the
+  // seeds' shape, docs/perf-notes.md backward v4), so it is picked automatically only for wider
+  // tiles (7% faster there) and may still be pinned.
+  const bool wide = std::max(s.head_dim, s.d_std + s.r) > 64;
+  const gen::MmaKind auto_kind = tma_kind == gen::MmaKind::kTma && !wide ? gen::MmaKind::kWgmma
+                                                                         : tma_kind;
+  if (gen::is_tma(dkv_tile.mma) && dkv_tile.mma != tma_kind) {
+    throw ArgumentError({fmt::format(
+        "dkv_tile {}: {}", dkv_tile.key(),
+        tma_kind == gen::MmaKind::kWgmma
+            ? "the TMA dK/dV kernel needs 16-byte aligned pointers and strides for q_std and d_o "
+              "(and sm_90, RAJIT_TMA not 0); use the .wgmma tile"
+            : "these tensors need the other TMA kind (.tmafold: k_low stored right after q_std; "
+              ".tma: k_low a tensor of its own)")});
+  }
+  if (dkv_tile.mma == gen::MmaKind::kWgmma) dkv_tile.mma = auto_kind;
   const gen::TileConfig dq_tile =
       a.deterministic ? pick(BackwardKernel::kDq, a.dq_tile) : gen::TileConfig{};
   const HotEntry pre = kernel_for(ctx, ordinal, dev.cc, s, BackwardKernel::kAux, {}, "_preprocess");
@@ -311,9 +325,11 @@ BackwardRecord backward(const BackwardArgs& a) {
   BackwardRecord rec;
   rec.dkv_tile = dkv_tile;
   attn::BwdTmaMaps maps{};
-  if (dkv_tile.mma == gen::MmaKind::kTmaFolded) {
-    maps.q = detail::encode_tma_map(a.q_std.ptr, s.dtype, s.d_std + s.r, a.q_std, 64,
-                                    attn::kBwdWgmmaBlockM, "q_std (folded with k_low)");
+  if (gen::is_tma(dkv_tile.mma)) {
+    const bool folded = dkv_tile.mma == gen::MmaKind::kTmaFolded;
+    maps.q = detail::encode_tma_map(a.q_std.ptr, s.dtype, folded ? s.d_std + s.r : s.d_std, a.q_std,
+                                    64, attn::kBwdWgmmaBlockM,
+                                    folded ? "q_std (folded with k_low)" : "q_std");
     maps.d_o = detail::encode_tma_map(a.d_o.ptr, s.dtype, s.head_dim, a.d_o, 64,
                                       attn::kBwdWgmmaBlockM, "d_o");
   }

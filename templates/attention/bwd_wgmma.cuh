@@ -18,6 +18,9 @@
 // kTma: the query tile (folded rows [q_std | k_low], one box per 64 columns) and dO arrive by TMA,
 // started by one thread on the stage's mbarrier, so the step's copy burst (RA's two-source
 // gather; perf-notes, backward v3c) leaves the compute warps; lse and delta stay 4-byte cp.async.
+// kTmaSeparate (k_low a tensor of its own): the boxes bring q_std (the columns past d_std arrive
+// as zeros) and dO; once they have landed, k_low's few columns are copied over those zeros by
+// cp.async, in the middle of the step before the one that uses them.
 #pragma once
 #include "attention/bwd.cuh"
 #include "common/wgmma.cuh"
@@ -25,7 +28,8 @@
 namespace rajit::attn {
 
 template <class Element_, int kDStd_, int kR_, int kHeadDim_, int kBlockN_, int kStages_,
-          class Mask_, class Bias_, bool kAtomicDq_, bool kTma_ = false>
+          class Mask_, class Bias_, bool kAtomicDq_, bool kTma_ = false,
+          bool kTmaSeparate_ = false>
 struct BwdWgmmaConfig {
   using Element = Element_;
   using Mask = Mask_;
@@ -34,6 +38,7 @@ struct BwdWgmmaConfig {
   static constexpr int kBlockM = kBwdWgmmaBlockM, kBlockN = kBlockN_, kStages = kStages_;
   static constexpr bool kAtomicDq = kAtomicDq_;
   static constexpr bool kTma = kTma_;
+  static constexpr bool kTmaSeparate = kTma_ && kTmaSeparate_ && kR_ > 0;
   static constexpr int kWarpGroups = kBlockN / 64;
   static constexpr int kWarps = kWarpGroups * 4;
   static constexpr int kThreads = kWarps * 32;
@@ -174,6 +179,19 @@ struct BwdDkvWgmmaKernel {
                                                                   p.d_o, o_now, m0, p.seqlen_q, tid);
   }
 
+  // kTmaSeparate: k_low's columns of block m_block into stage `stage`, after the stage's boxes
+  // (whose zeros fill those columns) have landed: round `parity` of its landed barrier.
+  __device__ __forceinline__ void load_query_low(int m_block, int stage, dev::u32 parity) const {
+    if constexpr (C::kTmaSeparate) {
+      dev::mbarrier_wait(landed_barrier(stage), parity);
+      const int bh_now = dev::block_x_again();
+      const int b_now = bh_now / p.heads, h_now = bh_now % p.heads;
+      load_low_columns<QTile, C::kBlockM, C::kDStd, C::kR, C::kCopyElems, C::kThreads>(
+          stage_s(stage), p.k_low, b_now * p.k_low.batch_stride + h_now * p.k_low.head_stride,
+          m_block * C::kBlockM, p.seqlen_q, dev::thread_x_again());
+    }
+  }
+
   __device__ void run() {
     using namespace bwd_detail;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
@@ -213,6 +231,11 @@ struct BwdDkvWgmmaKernel {
     dev::cp_async_commit();
     for (int s = 0; s < C::kStages - 1; ++s) {
       if (m_first + s < m_blocks) load_query_block(m_first + s, s);
+      dev::cp_async_commit();
+    }
+    static_assert(!C::kTmaSeparate || C::kStages == 2, "k_low's copy assumes two stages");
+    if (C::kTmaSeparate && m_first < m_blocks) {
+      load_query_low(m_first, 0, 0);
       dev::cp_async_commit();
     }
     dev::cp_async_wait<C::kStages - 1>();  // the key/V group has landed
@@ -317,6 +340,12 @@ struct BwdDkvWgmmaKernel {
                                      mnmajor<QTile::kSliceBytes>(q_f + field(kk * 16 * 128)), 1);
       }
       dev::wgmma_commit();
+      // The next block's k_low, over its landed q_std boxes (the products above run meanwhile).
+      if (C::kTmaSeparate && m_block + 1 < m_blocks) {
+        load_query_low(m_block + 1, wrap_stage(stage + 1),
+                       static_cast<dev::u32>((m_block + 1 - m_first) / C::kStages) & 1u);
+        dev::cp_async_commit();
+      }
 
       if constexpr (C::kAtomicDq) {
         // dS = (dS^T)^T into this warpgroup's slice of the dS tile: matrix i of da[kk] is n8 tile

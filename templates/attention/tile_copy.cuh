@@ -127,6 +127,23 @@ __device__ __forceinline__ void load_rows(dev::u32 tile, const Operand2d& a, ind
   }
 }
 
+/// Rows [row0, row0 + kRows) of `b` (kR columns) into columns [kDStd, kDStd + kR) of a tile whose
+/// other columns arrive otherwise (the TMA dK/dV kernel's separate k_low); rows past `rows_valid`
+/// are zero-filled.
+template <class Tile, int kRows, int kDStd, int kR, int kCopyElems, int kThreads>
+__device__ __forceinline__ void load_low_columns(dev::u32 tile, const Operand2d& b, index_t b_off,
+                                                 int row0, int rows_valid, int tid) {
+  constexpr int kUnits = kR / kCopyElems;
+  const char* base = static_cast<const char*>(b.ptr) + 2 * b_off;
+  for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
+    const int row = idx / kUnits;
+    const int col = (idx % kUnits) * kCopyElems;
+    const bool valid = row0 + row < rows_valid;
+    const char* src = valid ? base + 2 * ((row0 + row) * b.row_stride + col) : base;
+    dev::cp_async<kCopyElems * 2>(tile + Tile::byte_offset(row, kDStd + col), src, valid);
+  }
+}
+
 /// Rows [row0, row0 + kRows) of a (rows, kCols) operand, 16-byte copies (kCols % 8 == 0).
 template <class Tile, int kRows, int kCols, int kThreads>
 __device__ __forceinline__ void load_plain(char* dst, const Operand2d& op, index_t off, int row0,

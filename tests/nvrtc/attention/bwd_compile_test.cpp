@@ -93,10 +93,12 @@ TEST_CASE("backward kernels: every valid tile of the grid specs compiles for sm_
         if (tile.mma != rajit::gen::MmaKind::kWgmma) continue;
         jobs.push_back({spec, k, tile, sm90a, ""});
         ++wgmma_tiles;
-        auto tma = tile;  // the same tile fed by TMA (folded query rows)
-        tma.mma = rajit::gen::MmaKind::kTmaFolded;
-        REQUIRE(rajit::gen::validate_backward(spec, k, tma, sm90a.max_shared_bytes()).empty());
-        jobs.push_back({spec, k, tma, sm90a, ""});
+        for (auto kind : {rajit::gen::MmaKind::kTmaFolded, rajit::gen::MmaKind::kTma}) {
+          auto tma = tile;  // the same tile fed by TMA (folded query rows, or separate k_low)
+          tma.mma = kind;
+          REQUIRE(rajit::gen::validate_backward(spec, k, tma, sm90a.max_shared_bytes()).empty());
+          jobs.push_back({spec, k, tma, sm90a, ""});
+        }
       }
     }
   CHECK(wgmma_tiles > 0);  // the seeds' widths (64 and 128) have wgmma tiles
