@@ -11,13 +11,12 @@
 namespace rajit::gen {
 namespace {
 
-// The dK/dV kernel's Hopper tiles: wgmma fed by cp.async, or by TMA (.tmafold: the query side
-// stored as folded rows [q_std | k_low]; .tma: q_std by TMA, k_low copied over its zero columns);
-// all have the same shapes and shared memory.
-bool is_wgmma(const TileConfig& t) { return is_hopper(t.mma); }
+// The dK/dV kernel's Hopper tiles (is_hopper): wgmma fed by cp.async, or by TMA (.tmafold: the
+// query side stored as folded rows [q_std | k_low]; .tma: q_std by TMA, k_low copied over its zero
+// columns); all have the same shapes and shared memory.
 
 int shared_bytes(const AttentionSpec& s, BackwardKernel k, const TileConfig& t) {
-  if (is_wgmma(t) && k != BackwardKernel::kAux) {
+  if (is_hopper(t.mma) && k != BackwardKernel::kAux) {
     return attn::bwd_dkv_wgmma_shared_bytes(s.d_std, s.r, s.head_dim, t.block_n, t.stages,
                                             k == BackwardKernel::kDkvAtomicDq,
                                             s.bias != BiasKind::kNone);
@@ -35,7 +34,7 @@ int shared_bytes(const AttentionSpec& s, BackwardKernel k, const TileConfig& t) 
 }
 
 unsigned tile_bits(const AttentionSpec& s, BackwardKernel k, const TileConfig& t, int max_shared) {
-  if (is_wgmma(t)) {
+  if (is_hopper(t.mma)) {
     // The deterministic dQ kernel has no wgmma family: every field of its tile is wrong.
     if (k == BackwardKernel::kDq) {
       return attn::kBwdBadBlockM | attn::kBwdBadBlockN | attn::kBwdBadWarps | attn::kBwdBadStages;
@@ -92,7 +91,7 @@ std::vector<std::string> validate_backward(const AttentionSpec& s, BackwardKerne
   if (k == BackwardKernel::kAux || !out.empty()) return out;
   const unsigned bad = tile_bits(s, k, t, max_shared_bytes);
   const bool dq = k == BackwardKernel::kDq;
-  if (is_wgmma(t) && dq) {
+  if (is_hopper(t.mma) && dq) {
     out.push_back(fmt::format("tile {}: the {} kernel has no wgmma tiles (drop .wgmma)", t.key(),
                               to_string(k)));
     return out;
@@ -104,7 +103,7 @@ std::vector<std::string> validate_backward(const AttentionSpec& s, BackwardKerne
   };
   static_assert(attn::kBwdWgmmaMinStages == attn::kBwdWgmmaMaxStages, "message names one value");
   const Allowed a =
-      is_wgmma(t)
+      is_hopper(t.mma)
           ? Allowed{fmt::format("wgmma {} tiles", to_string(k)), "take", "need", "use",
                     fmt::format("{}", attn::kBwdWgmmaBlockM), "64 or 128", "block_n / 16",
                     fmt::format("{} (double-buffered query tiles)", attn::kBwdWgmmaMinStages)}
@@ -139,7 +138,7 @@ std::vector<std::string> validate_backward(const AttentionSpec& s, BackwardKerne
     out.push_back(fmt::format("tile {}: the {} kernel's accumulators would need more than {} "
                               "registers per thread",
                               t.key(), to_string(k),
-                              is_wgmma(t) ? attn::kBwdWgmmaRegisterBudget : attn::kBwdRegisterBudget));
+                              is_hopper(t.mma) ? attn::kBwdWgmmaRegisterBudget : attn::kBwdRegisterBudget));
   }
   return out;
 }
@@ -197,9 +196,9 @@ GeneratedSource generate_backward(const AttentionSpec& s, BackwardKernel k, cons
   } else {
     shim_path = k == BackwardKernel::kDq ? "attention/bwd_dq_entry.cu.in"
                 : is_tma(t.mma)          ? "attention/bwd_dkv_tma_entry.cu.in"
-                : is_wgmma(t)            ? "attention/bwd_dkv_wgmma_entry.cu.in"
+                : is_hopper(t.mma)            ? "attention/bwd_dkv_wgmma_entry.cu.in"
                                          : "attention/bwd_dkv_entry.cu.in";
-    if (!is_wgmma(t)) {  // wgmma tiles: block_m is fixed and warps = block_n / 16
+    if (!is_hopper(t.mma)) {  // wgmma tiles: block_m is fixed and warps = block_n / 16
       values.emplace("BLOCK_M", Value::integer(t.block_m));
       values.emplace("WARPS", Value::integer(t.warps));
     }

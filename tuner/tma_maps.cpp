@@ -154,10 +154,13 @@ gen::MmaKind tma_kind_for(const ForwardArgs& a, const gen::TileConfig& wgmma_til
     }
     if (bias_extent(a) >= (1LL << 31)) return no("bias: more than 2^31 elements");
   }
-  gen::TileConfig t = wgmma_tile;
-  t.mma = folded ? gen::MmaKind::kTmaFolded : gen::MmaKind::kTma;
-  if (!gen::validate(s, t, max_shared_bytes).empty()) return no("TMA tile does not fit");
-  return t.mma;
+  // The bit test, not gen::validate: this runs on every forward call and builds no messages.
+  const gen::TileConfig& t = wgmma_tile;
+  if (attn::check_tma_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.warps, t.stages,
+                           s.bias == gen::BiasKind::kColumn, folded, max_shared_bytes) != 0) {
+    return no("the TMA tile does not fit this device");
+  }
+  return folded ? gen::MmaKind::kTmaFolded : gen::MmaKind::kTma;
 }
 
 // Encoding the five or six maps costs the driver about 5 us; a loop that calls forward() on the

@@ -18,6 +18,7 @@
 #include "attention/params.cuh"
 #include "attention/policies.cuh"
 #include "attention/tile_copy.cuh"
+#include "attention/wgmma_fwd_steps.cuh"
 #include "common/ptx.cuh"
 #include "common/wgmma.cuh"
 
@@ -86,7 +87,6 @@ template <class Config>
 struct TmaFwdKernel {
   using C = Config;
   using E = typename C::Element;
-  static constexpr float kLn2 = 0.6931471805599453f;
 
   const FwdParams& p;
   const FwdTmaMaps& maps;
@@ -268,12 +268,6 @@ struct TmaFwdKernel {
     }
   }
 
-  __device__ __forceinline__ bool needs_mask(int tile, int warp_row0, int diag) const {
-    const int n0 = tile * C::kBlockN;
-    bool masked = n0 + C::kBlockN > p.seqlen_k;
-    if constexpr (C::Mask::kCausal) masked = masked || n0 + C::kBlockN - 1 > warp_row0 + diag;
-    return masked;
-  }
   static constexpr int kBiasRegs = C::Bias::kHasBias ? C::kBlockN / 4 : 1;
   // This thread's bias columns of key tile in `stage` (2 per n8 tile), times w_disc log2(e).
   // Read right after Q K^T is issued, so the shared-memory latency overlaps the MMA.
@@ -289,88 +283,15 @@ struct TmaFwdKernel {
       for (int i = 0; i < kBiasRegs; ++i) bias[i] *= bias_log2;
     }
   }
+  // The softmax of one key tile (wgmma_fwd_steps.cuh) with this tile's preloaded bias pairs.
   __device__ __forceinline__ void softmax(float (&s)[C::kSRegs], const float (&bias)[kBiasRegs],
                                           int tile, int warp_row0, int diag, float (&row_max)[2],
                                           float (&row_sum)[2], float (&correction)[2]) const {
-    if (needs_mask(tile, warp_row0, diag)) {
-      softmax_tile<true>(s, bias, tile, warp_row0, diag, row_max, row_sum, correction);
-    } else {
-      softmax_tile<false>(s, bias, tile, warp_row0, diag, row_max, row_sum, correction);
-    }
-  }
-  // Online softmax in base 2 over S of one key tile: S becomes P (fp32), the running row maxima
-  // and sums advance, and `correction` is the factor O must be rescaled by.
-  template <bool kMasked>
-  __device__ __forceinline__ void softmax_tile(float (&s)[C::kSRegs],
-                                               const float (&bias)[kBiasRegs], int tile,
-                                               int warp_row0, int diag, float (&row_max)[2],
-                                               float (&row_sum)[2],
-                                               float (&correction)[2]) const {
-    const int n0 = tile * C::kBlockN;
-    const int lane = dev::lane_id();
-    float mx[2] = {row_max[0], row_max[1]};
-    int last[2] = {0, 0};
-    if constexpr (kMasked) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = warp_row0 + lane / 4 + half * 8;
-        last[half] = C::Mask::kCausal ? min(row + diag, p.seqlen_k - 1) : p.seqlen_k - 1;
-        last[half] -= n0 + 2 * (lane % 4);
-      }
-    }
-#pragma unroll
-    for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[nt * 4 + half * 2 + e];
-          x = C::Bias::kHasBias ? fmaf(x, p.scale_log2, bias[2 * nt + e]) : x * p.scale_log2;
-          if constexpr (kMasked) {
-            if (nt * 8 + e > last[half]) x = -__int_as_float(0x7f800000);
-          }
-          mx[half] = fmaxf(mx[half], x);
-        }
-      }
-    }
-    float base[2];
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float m = mx[half];
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      base[half] = m == -__int_as_float(0x7f800000) ? 0.f : m;
-      correction[half] = dev::exp2_approx(row_max[half] - base[half]);
-      row_max[half] = m;
-    }
-    float sum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[nt * 4 + half * 2 + e];
-          x = dev::exp2_approx(x - base[half]);
-          sum[half] += x;
-        }
-      }
-    }
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      row_sum[half] = row_sum[half] * correction[half] + sum[half];
-    }
-  }
-
-  __device__ __forceinline__ static void pack_p(u32 (&pa)[C::kPvSteps][4],
-                                                const float (&s)[C::kSRegs]) {
-#pragma unroll
-    for (int kk = 0; kk < C::kPvSteps; ++kk) {
-      pa[kk][0] = E::pack(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = E::pack(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = E::pack(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = E::pack(s[8 * kk + 6], s[8 * kk + 7]);
-    }
+    const auto bias_pair = [&](int, int nt, float& b0, float& b1) {
+      b0 = bias[2 * nt];
+      b1 = bias[2 * nt + 1];
+    };
+    wgmma_fwd::softmax<C>(p, s, tile, warp_row0, diag, bias_pair, row_max, row_sum, correction);
   }
 
   __device__ void run() {
@@ -432,7 +353,7 @@ struct TmaFwdKernel {
       dev::fence_registers(s);
       float correction[2];
       softmax(s, bias, 0, warp_row0, diag, row_max, row_sum, correction);
-      pack_p(pa, s);
+      wgmma_fwd::pack_p<C>(pa, s);
     }
     for (int tile = 1; tile < n_tiles; ++tile) {
       const int prev_stage = stage;
@@ -452,16 +373,8 @@ struct TmaFwdKernel {
                                 p.seqlen_q < 0);
       dev::fence_registers(o_acc);
       if (C::kStageBarriers) dev::mbarrier_arrive(released_barrier(prev_stage));
-      pack_p(pa, s);
-      if (correction[0] != 1.f || correction[1] != 1.f) {
-#pragma unroll
-        for (int nt = 0; nt < C::kHeadDim / 8; ++nt) {
-          o_acc[nt * 4 + 0] *= correction[0];
-          o_acc[nt * 4 + 1] *= correction[0];
-          o_acc[nt * 4 + 2] *= correction[1];
-          o_acc[nt * 4 + 3] *= correction[1];
-        }
-      }
+      wgmma_fwd::pack_p<C>(pa, s);
+      wgmma_fwd::rescale_o<C>(o_acc, correction);
     }
     if (n_tiles > 0) {
       dev::wgmma_fence();
@@ -472,40 +385,7 @@ struct TmaFwdKernel {
     }
     __syncthreads();  // every warpgroup is done reading Q; O is staged where Q was
 
-    char* const out_smem = dev::shared_to_generic(smem_s);
-    const int lane = dev::lane_id();
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float sum = row_sum[half];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      const int row = warp_row0 + lane / 4 + half * 8;
-      const int local_row = row - m0;
-#pragma unroll
-      for (int nt = 0; nt < C::kHeadDim / 8; ++nt) {
-        const int col = nt * 8 + 2 * (lane % 4);
-        *reinterpret_cast<u32*>(out_smem + Sw128Tile<C::kBlockM>::byte_offset(local_row, col)) =
-            E::pack(o_acc[nt * 4 + half * 2] * inv, o_acc[nt * 4 + half * 2 + 1] * inv);
-      }
-      if (p.lse != nullptr && lane % 4 == 0 && row < seqlen_q) {
-        const float lse = sum > 0.f ? (row_max[half] + dev::log2_approx(sum)) * kLn2
-                                    : -__int_as_float(0x7f800000);
-        p.lse[(static_cast<index_t>(b) * p.heads + h) * seqlen_q + row] = lse;
-      }
-    }
-    __syncthreads();
-    constexpr int kOUnits = C::kHeadDim / 8;
-    char* o_base = static_cast<char*>(p.o) + 2 * (b * p.o_batch_stride + h * p.o_head_stride);
-    for (int idx = tid; idx < C::kBlockM * kOUnits; idx += C::kThreads) {
-      const int row = idx / kOUnits;
-      const int col = (idx % kOUnits) * 8;
-      if (m0 + row < seqlen_q) {
-        const uint4 v = *reinterpret_cast<const uint4*>(
-            out_smem + Sw128Tile<C::kBlockM>::byte_offset(row, col));
-        *reinterpret_cast<uint4*>(o_base + 2 * ((m0 + row) * p.o_row_stride + col)) = v;
-      }
-    }
+    wgmma_fwd::store_output<C>(p, o_acc, row_max, row_sum, smem_s, warp_row0, m0, b, h, tid);
   }
 };
 

@@ -16,6 +16,7 @@
 #include "attention/params.cuh"
 #include "attention/policies.cuh"
 #include "attention/tile_copy.cuh"
+#include "attention/wgmma_fwd_steps.cuh"
 #include "common/ptx.cuh"
 #include "common/wgmma.cuh"
 
@@ -83,9 +84,7 @@ struct WgmmaFwdKernel {
   using QTile = Sw128Tile<C::kBlockM>;  // (kBlockM, kDqkPad) qf, swizzled
   using KTile = Sw128Tile<C::kBlockN>;  // (kBlockN, kDqkPad) kf, swizzled
   using VTile = Sw128Tile<C::kBlockN>;  // (kBlockN, kHeadDim) v, swizzled
-  using OTile = Sw128Tile<C::kBlockM>;  // (kBlockM, kHeadDim) O staging, aliases Q
   static constexpr float kLog2e = 1.4426950408889634f;
-  static constexpr float kLn2 = 0.6931471805599453f;
 
   const FwdParams& p;
   char* smem;  // 1024-byte aligned
@@ -219,111 +218,19 @@ struct WgmmaFwdKernel {
     }
   }
 
-  // Online softmax in base 2 over S of key tile `tile`: S becomes P (fp32), the running row
-  // maxima and sums advance, and `correction` is the factor O must be rescaled by.
-  // Only the tiles that cross the diagonal or the end of the keys run the masked softmax.
-  __device__ __forceinline__ bool needs_mask(int tile, int warp_row0, int diag) const {
-    const int n0 = tile * C::kBlockN;
-    bool masked = n0 + C::kBlockN > p.seqlen_k;
-    if constexpr (C::Mask::kCausal) masked = masked || n0 + C::kBlockN - 1 > warp_row0 + diag;
-    return masked;
-  }
+  // The softmax of key tile `tile` (wgmma_fwd_steps.cuh), its bias read from the stage's vector:
+  // each pair is read from shared memory, scaled by w_disc * log2(e) and used for both rows, then
+  // dies (no per-tile bias array held in registers).
   __device__ __forceinline__ void softmax(float (&s)[C::kSRegs], int tile, int stage, int warp_row0,
                                           int diag, float bias_log2, float (&row_max)[2],
                                           float (&row_sum)[2], float (&correction)[2]) const {
-    // A separate copy per case: with the mask test inside one copy, the compiler if-converts it
-    // and every tile pays two compares and a select per element.
-    if (needs_mask(tile, warp_row0, diag)) {
-      softmax_tile<true>(s, tile, stage, warp_row0, diag, bias_log2, row_max, row_sum, correction);
-    } else {
-      softmax_tile<false>(s, tile, stage, warp_row0, diag, bias_log2, row_max, row_sum, correction);
-    }
-  }
-  template <bool kMasked>
-  __device__ __forceinline__ void softmax_tile(float (&s)[C::kSRegs], int tile, int stage,
-                                               int warp_row0, int diag, float bias_log2,
-                                               float (&row_max)[2], float (&row_sum)[2],
-                                               float (&correction)[2]) const {
-    const int n0 = tile * C::kBlockN;
-    const int seqlen_k = p.seqlen_k;
-    // One pass over the columns serves both of this thread's rows: each bias pair is read from
-    // shared memory, scaled by w_disc * log2(e) and used twice, then dies (no per-tile bias array
-    // held in registers).
-    const int lane = dev::lane_id();
-    const u32 bias_smem = C::Bias::kHasBias ? stage_bias(stage) + 8 * (lane % 4) : 0;
-    float mx[2] = {row_max[0], row_max[1]};
-    // Masked tiles: key column c is visible to this thread's row of `half` iff c <= last[half]
-    // (the causal diagonal and the end of the keys folded into one bound).
-    int last[2] = {0, 0};
-    if constexpr (kMasked) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = warp_row0 + lane / 4 + half * 8;
-        last[half] = C::Mask::kCausal ? min(row + diag, seqlen_k - 1) : seqlen_k - 1;
-        last[half] -= n0 + 2 * (lane % 4);  // relative to this thread's first column
-      }
-    }
-#pragma unroll
-    for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
-      float bias_pair[2] = {0.f, 0.f};
-      if constexpr (C::Bias::kHasBias) {
-        dev::lds_f32x2(bias_smem + nt * 32, bias_pair[0], bias_pair[1]);
-        bias_pair[0] *= bias_log2;
-        bias_pair[1] *= bias_log2;
-      }
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[nt * 4 + half * 2 + e];
-          x = C::Bias::kHasBias ? fmaf(x, p.scale_log2, bias_pair[e]) : x * p.scale_log2;
-          if constexpr (kMasked) {
-            if (nt * 8 + e > last[half]) x = -__int_as_float(0x7f800000);
-          }
-          mx[half] = fmaxf(mx[half], x);  // FMNMX; `x > m ? x : m` is a compare + select
-        }
-      }
-    }
-    float base[2];
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float m = mx[half];
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      // A row with nothing visible yet keeps max = -inf; subtract 0 then so exp2 gives 0.
-      base[half] = m == -__int_as_float(0x7f800000) ? 0.f : m;
-      correction[half] = dev::exp2_approx(row_max[half] - base[half]);
-      row_max[half] = m;
-    }
-    float sum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s[nt * 4 + half * 2 + e];
-          x = dev::exp2_approx(x - base[half]);
-          sum[half] += x;
-        }
-      }
-    }
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      row_sum[half] = row_sum[half] * correction[half] + sum[half];
-    }
-  }
-
-  // P as k16 A fragments: the S accumulators of two n8 tiles are one k16 fragment.
-  __device__ __forceinline__ static void pack_p(u32 (&pa)[C::kPvSteps][4],
-                                                const float (&s)[C::kSRegs]) {
-#pragma unroll
-    for (int kk = 0; kk < C::kPvSteps; ++kk) {
-      pa[kk][0] = E::pack(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = E::pack(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = E::pack(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = E::pack(s[8 * kk + 6], s[8 * kk + 7]);
-    }
+    const u32 bias_vector = C::Bias::kHasBias ? stage_bias(stage) : 0;
+    const auto bias_pair = [&](int lane, int nt, float& b0, float& b1) {
+      dev::lds_f32x2(bias_vector + 8 * (lane % 4) + nt * 32, b0, b1);
+      b0 *= bias_log2;
+      b1 *= bias_log2;
+    };
+    wgmma_fwd::softmax<C>(p, s, tile, warp_row0, diag, bias_pair, row_max, row_sum, correction);
   }
 
   __device__ void run() {
@@ -397,7 +304,7 @@ struct WgmmaFwdKernel {
       dev::fence_registers(s);
       float correction[2];
       softmax(s, 0, 0, warp_row0, diag, bias_log2, row_max, row_sum, correction);
-      pack_p(pa, s);  // O is still zero: nothing to rescale
+      wgmma_fwd::pack_p<C>(pa, s);  // O is still zero: nothing to rescale
     }
     for (int tile = 1; tile < n_tiles; ++tile) {
       const int prev_stage = stage;
@@ -418,18 +325,8 @@ struct WgmmaFwdKernel {
                                 p.seqlen_q < 0);
       dev::fence_registers(o_acc);
       if (C::kStageBarriers) dev::mbarrier_arrive(released_barrier(prev_stage));
-      pack_p(pa, s);
-      // Once a row's maximum settles (most tiles of a long row) its correction is exactly
-      // exp2(0) = 1: skip the kHeadDim / 2 multiplies, a large share of the per-tile FP32 work.
-      if (correction[0] != 1.f || correction[1] != 1.f) {
-#pragma unroll
-        for (int nt = 0; nt < C::kHeadDim / 8; ++nt) {
-          o_acc[nt * 4 + 0] *= correction[0];
-          o_acc[nt * 4 + 1] *= correction[0];
-          o_acc[nt * 4 + 2] *= correction[1];
-          o_acc[nt * 4 + 3] *= correction[1];
-        }
-      }
+      wgmma_fwd::pack_p<C>(pa, s);
+      wgmma_fwd::rescale_o<C>(o_acc, correction);
     }
     if (n_tiles > 0) {  // the last tile's P V
       dev::wgmma_fence();
@@ -441,43 +338,7 @@ struct WgmmaFwdKernel {
     dev::cp_async_wait<0>();
     __syncthreads();  // every warpgroup is done reading Q; O is staged where Q was
 
-    // Normalise, stage O through shared memory, and write it with 16-byte coalesced stores.
-    // The generic address is rebuilt from smem_s, so `smem` need not stay live across the loop.
-    char* const out_smem = dev::shared_to_generic(smem_s);
-    const int lane = dev::lane_id();
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float sum = row_sum[half];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;  // no visible key: O = 0, never NaN
-      // From warp_row0, which the loop kept live anyway: a separate copy of this warp's row
-      // offset would be held across the loop and spill at the 128-register limit.
-      const int row = warp_row0 + lane / 4 + half * 8;
-      const int local_row = row - m0;
-#pragma unroll
-      for (int nt = 0; nt < C::kHeadDim / 8; ++nt) {
-        const int col = nt * 8 + 2 * (lane % 4);
-        *reinterpret_cast<u32*>(out_smem + OTile::byte_offset(local_row, col)) =
-            E::pack(o_acc[nt * 4 + half * 2] * inv, o_acc[nt * 4 + half * 2 + 1] * inv);
-      }
-      if (p.lse != nullptr && lane % 4 == 0 && row < seqlen_q) {
-        const float lse = sum > 0.f ? (row_max[half] + dev::log2_approx(sum)) * kLn2
-                                    : -__int_as_float(0x7f800000);
-        p.lse[(static_cast<index_t>(b) * p.heads + h) * seqlen_q + row] = lse;
-      }
-    }
-    __syncthreads();
-    constexpr int kOUnits = C::kHeadDim / 8;
-    char* o_base = static_cast<char*>(p.o) + 2 * (b * p.o_batch_stride + h * p.o_head_stride);
-    for (int idx = tid; idx < C::kBlockM * kOUnits; idx += C::kThreads) {
-      const int row = idx / kOUnits;
-      const int col = (idx % kOUnits) * 8;
-      if (m0 + row < seqlen_q) {
-        const uint4 v = *reinterpret_cast<const uint4*>(out_smem + OTile::byte_offset(row, col));
-        *reinterpret_cast<uint4*>(o_base + 2 * ((m0 + row) * p.o_row_stride + col)) = v;
-      }
-    }
+    wgmma_fwd::store_output<C>(p, o_acc, row_max, row_sum, smem_s, warp_row0, m0, b, h, tid);
   }
 };
 

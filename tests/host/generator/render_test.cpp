@@ -276,13 +276,14 @@ TEST_CASE("flatten: <system> includes and missing templates are rejected") {
 TEST_CASE("flatten: the real template set flattens with exact #line markers") {
   ScopedEnv no_dir("RAJIT_TEMPLATE_DIR", std::nullopt);
   std::map<std::string, std::string> sources;
-  for (const char* p : {"attention/fwd.cuh", "attention/fwd_wgmma.cuh", "attention/limits.cuh",
+  for (const char* p : {"attention/fwd.cuh", "attention/fwd_wgmma.cuh", "attention/fwd_tma.cuh",
+                        "attention/wgmma_fwd_steps.cuh", "attention/limits.cuh",
                         "attention/params.cuh", "attention/policies.cuh", "attention/tile_copy.cuh",
                         "common/host_device.cuh",
                         "common/ptx.cuh", "common/wgmma.cuh"}) {
     sources[p] = rajit::gen::template_text(p);
   }
-  for (const char* top : {"attention/fwd.cuh", "attention/fwd_wgmma.cuh"}) {
+  for (const char* top : {"attention/fwd.cuh", "attention/fwd_wgmma.cuh", "attention/fwd_tma.cuh"}) {
     CAPTURE(top);
     const std::string flat = rajit::gen::flatten(sources.at(top), top);
     CHECK(flat.find("#include") == std::string::npos);
