@@ -513,6 +513,9 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
   if (bf.format != "table" && bf.format != "csv" && bf.format != "json") {
     throw gen::SpecError({fmt::format("format={}: must be table, csv or json", bf.format)});
   }
+  if (bf.layout != "separate" && bf.layout != "folded") {  // checked before looking for a GPU
+    throw gen::SpecError({fmt::format("layout={}: must be separate or folded", bf.layout)});
+  }
   std::vector<tune::Shape> shapes;
   for (const auto& t : bf.shapes) shapes.push_back(parse_shape(t));
   if (shapes.empty()) shapes.push_back(sf.shape());
@@ -536,9 +539,6 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
     double ms, tflops;
   };
   std::vector<Row> rows;
-  if (bf.layout != "separate" && bf.layout != "folded") {
-    throw gen::SpecError({fmt::format("layout={}: must be separate or folded", bf.layout)});
-  }
   tune::BenchOptions opt;
   opt.iters = bf.iters;
   opt.warmup = bf.warmup;

@@ -90,6 +90,14 @@ TEST_CASE("cli: gen with an invalid spec exits 2 naming every bad field and writ
   CHECK(cli::contains(one.err, "d_std=3"));
 }
 
+TEST_CASE("cli: bench with an unknown --layout exits 2 naming the allowed layouts, GPU or not") {
+  cli::TempFolder cache("cli-cache");
+  const auto r = cli::rajit({"bench", "--layout", "diagonal"}, cache.path());
+  CAPTURE(describe(r));
+  CHECK(r.exit_code == 2);
+  CHECK(cli::contains(r.err, "layout=diagonal: must be separate or folded"));
+}
+
 TEST_CASE("cli: gen with an unsupported arch exits 2 naming the allowed archs") {
   cli::TempFolder cache("cli-cache");
   cli::TempFolder work("cli-out");
