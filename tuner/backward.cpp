@@ -37,8 +37,19 @@ Dims dims_of(const BackwardArgs& a) {
 }
 
 struct WorkspaceLayout {
-  std::size_t lse_log2 = 0, delta = 0, col_sums = 0, dw_partial = 0, gq = 0, total = 0;
+  std::size_t lse_log2 = 0, delta = 0, col_sums = 0, dw_partial = 0, gq = 0, q_packed = 0,
+              total = 0;
 };
+
+// Whether the separate query-side tensors q_std and k_low can be packed into folded rows
+// [q_std | k_low] for the TMA dK/dV kernel: 16-byte chunks on both sides and TMA-readable views.
+// Independent of the device, so that the workspace size is too (backward() packs on sm_90 only).
+bool packable_query(const BackwardArgs& a) {
+  const gen::AttentionSpec& s = a.spec;
+  return s.r > 0 && s.d_std % 8 == 0 && s.r % 8 == 0 &&
+         !detail::tma_folded(a.q_std, a.k_low, s.d_std) && detail::tma_view_ok(a.q_std) &&
+         detail::tma_view_ok(a.k_low);
+}
 
 WorkspaceLayout layout_of(const BackwardArgs& a) {
   const Dims d = dims_of(a);
@@ -55,7 +66,10 @@ WorkspaceLayout layout_of(const BackwardArgs& a) {
   w.dw_partial = at;
   at += round_up(static_cast<std::size_t>(d.B * d.H * ((d.Tk + kMinBlockN - 1) / kMinBlockN)) * 8);
   w.gq = at;
-  if (!a.deterministic) at += round_up(rows_q * static_cast<std::size_t>(a.spec.d_std + a.spec.r) * 4);
+  const auto row_width = static_cast<std::size_t>(a.spec.d_std + a.spec.r);
+  if (!a.deterministic) at += round_up(rows_q * row_width * 4);
+  w.q_packed = at;
+  if (packable_query(a)) at += round_up(rows_q * row_width * 2);
   w.total = at;
   return w;
 }
@@ -228,32 +242,35 @@ BackwardRecord backward(const BackwardArgs& a) {
   };
   gen::TileConfig dkv_tile = pick(dkv_kind, a.dkv_tile);
   // The dK/dV kernel reads the streamed query side by TMA when every pointer and stride of q_std
-  // and dO is a multiple of 16 bytes: as folded rows (.tmafold: k_low right after q_std, or
-  // r = 0), else q_std by TMA and k_low by cp.async (.tma). A pinned TMA tile the tensors do not
-  // allow is an error.
-  gen::MmaKind tma_kind = gen::MmaKind::kWgmma;
-  if (dev.cc == 90 && !detail::tma_disabled_by_env() && detail::tma_view_ok(a.q_std) &&
-      detail::tma_view_ok(a.d_o)) {
-    tma_kind = s.r == 0 || detail::tma_folded(a.q_std, a.k_low, s.d_std) ? gen::MmaKind::kTmaFolded
-                                                                         : gen::MmaKind::kTma;
+  // and dO is a multiple of 16 bytes: as folded rows (.tmafold) when k_low is stored right after
+  // q_std (or r = 0), or when the preprocess kernel can pack separate q_std and k_low into folded
+  // rows in the workspace (packable_query); else q_std by TMA and k_low by cp.async (.tma).
+  // Packing costs one pass over the query side (~1% of the backward at the seeds' shape) and
+  // wins over .tma, whose mid-step wait for the boxes shows at width 64 (docs/perf-notes.md,
+  // backward v5). A pinned TMA tile the tensors do not allow is an error.
+  const bool tma_ok = dev.cc == 90 && !detail::tma_disabled_by_env() &&
+                      detail::tma_view_ok(a.q_std) && detail::tma_view_ok(a.d_o);
+  const bool folded = s.r == 0 || detail::tma_folded(a.q_std, a.k_low, s.d_std);
+  const bool can_pack = tma_ok && !folded && packable_query(a);
+  gen::MmaKind auto_kind = gen::MmaKind::kWgmma;
+  if (tma_ok) auto_kind = folded || can_pack ? gen::MmaKind::kTmaFolded : gen::MmaKind::kTma;
+  if (gen::is_tma(dkv_tile.mma)) {
+    const bool allowed = dkv_tile.mma == gen::MmaKind::kTmaFolded
+                             ? tma_ok && (folded || can_pack)
+                             : tma_ok && !folded;
+    if (!allowed) {
+      throw ArgumentError({fmt::format(
+          "dkv_tile {}: {}", dkv_tile.key(),
+          !tma_ok ? "the TMA dK/dV kernel needs 16-byte aligned pointers and strides for q_std "
+                    "and d_o (and sm_90, RAJIT_TMA not 0); use the .wgmma tile"
+          : folded ? "k_low is stored right after q_std: use the .tmafold tile"
+                   : "separate q_std and k_low are read as folded rows only when d_std and r are "
+                     "multiples of 8 and k_low is 16-byte aligned: use the .tma tile")});
+    }
+  } else {
+    dkv_tile.mma = auto_kind;
   }
-  // .tma waits in mid-step for the next block's boxes before copying k_low over them; at width
-  // 64 the steps are too short for that wait to hide (1.55 ms vs 1.53 ms with cp.async at the
-  // seeds' shape, docs/perf-notes.md backward v4), so it is picked automatically only for wider
-  // tiles (7% faster there) and may still be pinned.
-  const bool wide = std::max(s.head_dim, s.d_std + s.r) > 64;
-  const gen::MmaKind auto_kind = tma_kind == gen::MmaKind::kTma && !wide ? gen::MmaKind::kWgmma
-                                                                         : tma_kind;
-  if (gen::is_tma(dkv_tile.mma) && dkv_tile.mma != tma_kind) {
-    throw ArgumentError({fmt::format(
-        "dkv_tile {}: {}", dkv_tile.key(),
-        tma_kind == gen::MmaKind::kWgmma
-            ? "the TMA dK/dV kernel needs 16-byte aligned pointers and strides for q_std and d_o "
-              "(and sm_90, RAJIT_TMA not 0); use the .wgmma tile"
-            : "these tensors need the other TMA kind (.tmafold: k_low stored right after q_std; "
-              ".tma: k_low a tensor of its own)")});
-  }
-  if (dkv_tile.mma == gen::MmaKind::kWgmma) dkv_tile.mma = auto_kind;
+  const bool pack = dkv_tile.mma == gen::MmaKind::kTmaFolded && !folded;
   const gen::TileConfig dq_tile =
       a.deterministic ? pick(BackwardKernel::kDq, a.dq_tile) : gen::TileConfig{};
   const HotEntry pre = kernel_for(ctx, ordinal, dev.cc, s, BackwardKernel::kAux, {}, "_preprocess");
@@ -311,6 +328,7 @@ BackwardRecord backward(const BackwardArgs& a) {
   p.col_sums = has_bias ? reinterpret_cast<float*>(ws + w.col_sums) : nullptr;
   p.dw_partial = want_dw ? reinterpret_cast<float*>(ws + w.dw_partial) : nullptr;
   p.gq = a.deterministic ? nullptr : reinterpret_cast<float*>(ws + w.gq);
+  p.q_packed = pack ? ws + w.q_packed : nullptr;
   p.batch = static_cast<int>(d.B);
   p.heads = static_cast<int>(d.H);
   p.seqlen_q = static_cast<int>(d.Tq);
@@ -324,24 +342,38 @@ BackwardRecord backward(const BackwardArgs& a) {
 
   BackwardRecord rec;
   rec.dkv_tile = dkv_tile;
+  // After the preprocess kernel, every kernel reads the query side from the packed rows.
+  attn::BwdParams p_packed = p;
+  TensorView q_view = a.q_std;
+  if (pack) {
+    const long long width = s.d_std + s.r;
+    q_view = TensorView{p.q_packed, {d.B, d.H, d.Tq, width},
+                        {d.H * d.Tq * width, d.Tq * width, width, 1}};
+    p_packed.q_std = operand(q_view);
+    p_packed.k_low = attn::Operand2d{static_cast<const char*>(p.q_packed) + 2 * s.d_std,
+                                     q_view.stride[0], q_view.stride[1], q_view.stride[2]};
+  }
   attn::BwdTmaMaps maps{};
   if (gen::is_tma(dkv_tile.mma)) {
-    const bool folded = dkv_tile.mma == gen::MmaKind::kTmaFolded;
-    maps.q = detail::encode_tma_map(a.q_std.ptr, s.dtype, folded ? s.d_std + s.r : s.d_std, a.q_std,
-                                    64, attn::kBwdWgmmaBlockM,
-                                    folded ? "q_std (folded with k_low)" : "q_std");
+    const bool tma_folded = dkv_tile.mma == gen::MmaKind::kTmaFolded;
+    maps.q = detail::encode_tma_map(q_view.ptr, s.dtype, tma_folded ? s.d_std + s.r : s.d_std,
+                                    q_view, 64, attn::kBwdWgmmaBlockM,
+                                    pack         ? "q_std and k_low (packed)"
+                                    : tma_folded ? "q_std (folded with k_low)"
+                                                 : "q_std");
     maps.d_o = detail::encode_tma_map(a.d_o.ptr, s.dtype, s.head_dim, a.d_o, 64,
                                       attn::kBwdWgmmaBlockM, "d_o");
   }
-  void* dkv_args[] = {&p, &maps};
-  void* args[] = {&p};
+  void* pre_args[] = {&p};
+  void* dkv_args[] = {&p_packed, &maps};
+  void* args[] = {&p_packed};
   const unsigned bh = static_cast<unsigned>(d.B * d.H);
   // Row kernels: grid (batch * heads, query blocks of kAuxRowsPerCta); <= 65535 blocks, since
   // seqlen_q <= kMaxGridY * 64 (checked above).
   const auto row_blocks =
       static_cast<unsigned>((d.Tq + attn::kAuxRowsPerCta - 1) / attn::kAuxRowsPerCta);
   try {
-    rt::launch(pre.kernel, bh, row_blocks, 1, attn::kAuxThreadsHost, 0, a.stream, args);
+    rt::launch(pre.kernel, bh, row_blocks, 1, attn::kAuxThreadsHost, 0, a.stream, pre_args);
     rec.kernels.push_back(pre.kernel.name);
     rt::launch(dkv.kernel, bh, static_cast<unsigned>(p.num_n_blocks), 1,
                static_cast<unsigned>(dkv_tile.warps * 32), static_cast<unsigned>(dkv.shared_bytes),

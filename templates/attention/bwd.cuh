@@ -878,6 +878,11 @@ __device__ __forceinline__ void ld_4x32_if(bool pred, const void* a, dev::u32 (&
 __device__ __forceinline__ void st_zero_v4(float* a) {
   asm volatile("st.global.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"l"(a), "r"(0u) : "memory");
 }
+__device__ __forceinline__ void st_v4(void* a, const dev::u32 (&v)[4]) {
+  asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"l"(a), "r"(v[0]), "r"(v[1]),
+               "r"(v[2]), "r"(v[3])
+               : "memory");
+}
 __device__ __forceinline__ void st_v2(void* a, dev::u32 x, dev::u32 y) {
   asm volatile("st.global.v2.u32 [%0], {%1, %2};\n" ::"l"(a), "r"(x), "r"(y) : "memory");
 }
@@ -938,10 +943,44 @@ __device__ __forceinline__ void row_dots(float (&acc)[kPasses], const dev::u16* 
   }
 }
 
+/// Copies the CTA's `rows` query rows [q_std | k_low] into the packed (B, H, Tq, Ds + R) buffer
+/// `p.q_packed`, 16 bytes per access (the facade packs only when Ds and R are multiples of 8 and
+/// both views are 16-byte aligned). All loads are issued before any store.
+template <int kDStd, int kR>
+__device__ __forceinline__ void pack_query_rows(const BwdParams& p, int b, int h, int i0,
+                                                int rows, index_t row0) {
+  if constexpr (kR > 0 && kDStd % 8 == 0 && kR % 8 == 0) {
+    constexpr int kStdChunks = kDStd / 8, kChunks = (kDStd + kR) / 8;
+    constexpr int kIters = (kAuxRows * kChunks + kAuxThreads - 1) / kAuxThreads;
+    const dev::u16* q = static_cast<const dev::u16*>(p.q_std.ptr) + b * p.q_std.batch_stride +
+                        h * p.q_std.head_stride + i0 * p.q_std.row_stride;
+    const dev::u16* kl = static_cast<const dev::u16*>(p.k_low.ptr) + b * p.k_low.batch_stride +
+                         h * p.k_low.head_stride + i0 * p.k_low.row_stride;
+    dev::u16* out = static_cast<dev::u16*>(p.q_packed) + row0 * (kDStd + kR);
+    const int chunks = rows * kChunks;
+    const int tid = static_cast<int>(threadIdx.x);
+    dev::u32 v[kIters][4];
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int k = tid + it * kAuxThreads;
+      const int r = k / kChunks, c = k % kChunks;
+      const dev::u16* src = c < kStdChunks ? q + r * p.q_std.row_stride + 8 * c
+                                           : kl + r * p.k_low.row_stride + 8 * (c - kStdChunks);
+      ld_v4_if(k < chunks, src, v[it]);
+    }
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int k = tid + it * kAuxThreads;
+      if (k < chunks) st_v4(out + 8 * k, v[it]);
+    }
+  }
+}
+
 }  // namespace bwd_detail
 
 /// Delta_i = dO_i . O_i and LSE_i * log2(e) (+inf for rows that saw no key, so that every P of
-/// that row recomputes to 0); zeroes the rows' fp32 Gq accumulator when there is one.
+/// that row recomputes to 0); zeroes the rows' fp32 Gq accumulator when there is one, and packs
+/// the rows' [q_std | k_low] when asked to (p.q_packed).
 /// Grid (batch * heads, ceil(seqlen_q / kAuxRows)): kGroup threads share a row, 16 bytes of O
 /// and dO per load, then a log2(kGroup)-step butterfly inside the group (fixed order).
 template <class E, int kDStd, int kR, int kHeadDim>
@@ -995,6 +1034,7 @@ __device__ __forceinline__ void bwd_preprocess(const BwdParams& p) {
 #pragma unroll 4
     for (int k = tid; k < quads; k += kAuxThreads) st_zero_v4(gq + 4 * k);
   }
+  if (p.q_packed != nullptr) pack_query_rows<kDStd, kR>(p, b, h, i0, rows, row0);
 }
 
 /// dq_std = scale * w_std * Gq[:Ds] and dk_low = scale * w_rec * Gq[Ds:] from the fp32 workspace

@@ -30,13 +30,17 @@ struct BwdParams {
   float* dw_rec;
   float* dw_disc;
 
-  // Workspace (fp32). lse_log2 and delta: (B, H, Tq); col_sums g: (B, H, Tk); gq: (B, H, Tq, Ds+R)
+  // Workspace (fp32 unless noted). lse_log2 and delta: (B, H, Tq); col_sums g: (B, H, Tk); gq: (B, H, Tq, Ds+R)
   // (atomic mode only); dw_partial: (B, H, key blocks, 2).
   float* lse_log2;
   float* delta;
   float* col_sums;
   float* gq;
   float* dw_partial;
+  // (B, H, Tq, Ds+R) rows [q_std | k_low] that the preprocess kernel writes when not null: the
+  // separate query-side tensors packed into folded rows, so that the dK/dV kernel reads one
+  // TMA box per 64 columns (docs/perf-notes.md, backward v5).
+  void* q_packed;
 
   int batch, heads, seqlen_q, seqlen_k;
   float scale;       // softmax scale (not pre-multiplied by log2 e)

@@ -2,6 +2,9 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <cstdlib>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "generator/backward_source.hpp"
@@ -138,6 +141,59 @@ TEST_CASE("backward: every valid dK/dV tile (unsplit and split warps; wgmma on s
         check_result(r);
         if (deterministic) CHECK(r.bitwise_repeatable);
       }
+    }
+  }
+}
+
+TEST_CASE("backward: separate q_std and k_low on sm_90 are packed into folded rows for the TMA "
+          "dK/dV kernel; the pinned .tma tile, RAJIT_TMA=0 and unpackable widths still match") {
+  const auto info = rajit::rt::device_info(0);
+  if (info.cc_major * 10 + info.cc_minor != 90) {
+    MESSAGE("not sm_90: the TMA dK/dV kernels do not run here; nothing to check");
+    return;
+  }
+  using rajit::gen::MmaKind;
+  using rajit::gen::TileConfig;
+  struct Case {
+    AttentionSpec spec;
+    const char* how;  // "auto", "pin-tma" or "no-tma"
+    const char* want;  // tile-kind suffix the dK/dV kernel's name must carry ("" = neither)
+  };
+  const AttentionSpec seeds{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16};
+  const AttentionSpec wide{120, 8, 128, true, BiasKind::kColumn, Dtype::kFp16};
+  const AttentionSpec r4{60, 4, 64, false, BiasKind::kColumn, Dtype::kBf16};  // r % 8 != 0
+  const Case cases[] = {{seeds, "auto", ".tmafold"}, {seeds, "pin-tma", ".tma"},
+                        {seeds, "no-tma", ""},       {wide, "auto", ".tmafold"},
+                        {wide, "pin-tma", ".tma"},   {r4, "auto", ""}};
+  int index = 0;
+  for (const Case& c : cases) {
+    for (bool deterministic : {false, true}) {
+      rajit::tune::CheckOptions opt;
+      opt.spec = c.spec;
+      opt.shape = {2, 3, 1000, 1000};
+      opt.layout = Layout::kSeparate;
+      opt.seed = 7100 + static_cast<std::uint64_t>(index++);
+      if (std::string_view(c.how) == "pin-tma") {
+        opt.backward_tile = c.spec.head_dim > 64 ? TileConfig{64, 128, 8, 2, MmaKind::kTma}
+                                                 : TileConfig{64, 64, 4, 2, MmaKind::kTma};
+      }
+      CAPTURE(c.spec.key());
+      CAPTURE(c.how);
+      CAPTURE(deterministic);
+      if (std::string_view(c.how) == "no-tma") ::setenv("RAJIT_TMA", "0", 1);
+      const auto r = rajit::tune::run_backward_check(opt, deterministic);
+      ::unsetenv("RAJIT_TMA");
+      check_result(r);
+      if (deterministic) CHECK(r.bitwise_repeatable);
+      REQUIRE(r.kernels.size() >= 2);
+      const std::string& dkv = r.kernels[1];  // preprocess, dK/dV, ...
+      CAPTURE(dkv);
+      const bool tmafold = dkv.find(".tmafold") != std::string::npos;
+      const bool any_tma = dkv.find(".tma") != std::string::npos;
+      const std::string_view want = c.want;
+      if (want == ".tmafold") CHECK(tmafold);
+      if (want == ".tma") CHECK((any_tma && !tmafold));
+      if (want.empty()) CHECK_FALSE(any_tma);
     }
   }
 }

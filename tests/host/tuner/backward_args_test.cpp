@@ -141,6 +141,34 @@ TEST_CASE("backward_workspace_bytes: grows with the atomic dQ accumulator and th
   CHECK(rajit::tune::backward_workspace_bytes(nobias) < det);
 }
 
+TEST_CASE("backward_workspace_bytes: room for packed query rows only where separate q_std and "
+          "k_low can be packed") {
+  const auto packed_bytes = static_cast<std::size_t>(B * H * Tq * (56 + 8) * 2);
+  BackwardArgs separate = valid_args(kSeeds);
+  separate.deterministic = true;
+  // Folded rows: k_low stored right after q_std (row stride 64) need no packing.
+  BackwardArgs folded = separate;
+  folded.q_std = contiguous(0x100000, Tq, 64).as_const();
+  folded.q_std.shape[3] = 56;
+  folded.k_low = folded.q_std;
+  folded.k_low.ptr = reinterpret_cast<const void*>(0x100000 + 2 * 56);
+  folded.k_low.shape[3] = 8;
+  CHECK(rajit::tune::check_backward_args(folded).empty());
+  CHECK(rajit::tune::backward_workspace_bytes(separate) -
+            rajit::tune::backward_workspace_bytes(folded) ==
+        packed_bytes);
+  // r = 4 is not whole 16-byte chunks: not packable, so no room either.
+  BackwardArgs r4 = valid_args({60, 4, 64, true, BiasKind::kColumn, Dtype::kBf16});
+  r4.deterministic = true;
+  BackwardArgs r4_folded = r4;
+  r4_folded.q_std = contiguous(0x100000, Tq, 64).as_const();
+  r4_folded.q_std.shape[3] = 60;
+  r4_folded.k_low = r4_folded.q_std;
+  r4_folded.k_low.ptr = reinterpret_cast<const void*>(0x100000 + 2 * 60);
+  r4_folded.k_low.shape[3] = 4;
+  CHECK(rajit::tune::backward_workspace_bytes(r4) == rajit::tune::backward_workspace_bytes(r4_folded));
+}
+
 TEST_CASE("generate_backward: every kernel family renders deterministically with procedural names") {
   for (BackwardKernel k : {BackwardKernel::kDkv, BackwardKernel::kDkvAtomicDq, BackwardKernel::kDq,
                            BackwardKernel::kAux}) {
