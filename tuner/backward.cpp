@@ -267,7 +267,7 @@ BackwardRecord backward(const BackwardArgs& a) {
                    : "separate q_std and k_low are read as folded rows only when d_std and r are "
                      "multiples of 8 and k_low is 16-byte aligned: use the .tma tile")});
     }
-  } else {
+  } else if (dkv_tile.mma == gen::MmaKind::kWgmma) {  // mma.sync tiles stay as they are
     dkv_tile.mma = auto_kind;
   }
   const bool pack = dkv_tile.mma == gen::MmaKind::kTmaFolded && !folded;
