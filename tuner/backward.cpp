@@ -218,6 +218,43 @@ std::size_t backward_workspace_bytes(const BackwardArgs& a) {
   return layout_of(a).total;
 }
 
+DkvReadPlan plan_dkv_reads(const BackwardArgs& a, gen::TileConfig tile, int cc) {
+  const gen::AttentionSpec& s = a.spec;
+  // The dK/dV kernel reads the streamed query side by TMA when every pointer and stride of q_std
+  // and dO is a multiple of 16 bytes: as folded rows (.tmafold) when k_low is stored right after
+  // q_std (or r = 0), or when the preprocess kernel can pack separate q_std and k_low into folded
+  // rows in the workspace (packable_query); else q_std by TMA and k_low by cp.async over its zero
+  // columns (.tma). Packing costs one pass over the query side (~1-2% of the backward at the
+  // seeds' shape) and beats .tma at both widths (docs/perf-notes.md, backward v5). .tma waits in
+  // mid-step for the next block's boxes; at width 64 that wait does not hide (backward v4), so
+  // there it is picked only when pinned. A pinned TMA tile the tensors do not allow is an error.
+  const bool tma_ok = cc == 90 && !detail::tma_disabled_by_env() && detail::tma_view_ok(a.q_std) &&
+                      detail::tma_view_ok(a.d_o);
+  const bool folded = s.r == 0 || detail::tma_folded(a.q_std, a.k_low, s.d_std);
+  const bool can_pack = tma_ok && !folded && packable_query(a);
+  const bool wide = std::max(s.head_dim, s.d_std + s.r) > 64;
+  if (gen::is_tma(tile.mma)) {
+    const bool allowed = tile.mma == gen::MmaKind::kTmaFolded ? tma_ok && (folded || can_pack)
+                                                              : tma_ok && !folded;
+    if (!allowed) {
+      throw ArgumentError({fmt::format(
+          "dkv_tile {}: {}", tile.key(),
+          !tma_ok ? "the TMA dK/dV kernel needs 16-byte aligned pointers and strides for q_std "
+                    "and d_o (and sm_90, RAJIT_TMA not 0); use the .wgmma tile"
+          : folded ? "k_low is stored right after q_std: use the .tmafold tile"
+                   : "separate q_std and k_low are read as folded rows only when d_std and r are "
+                     "multiples of 8 and k_low is 16-byte aligned: use the .tma tile")});
+    }
+  } else if (tile.mma == gen::MmaKind::kWgmma && tma_ok) {  // mma.sync tiles stay as they are
+    if (folded || can_pack) {
+      tile.mma = gen::MmaKind::kTmaFolded;
+    } else if (wide) {
+      tile.mma = gen::MmaKind::kTma;
+    }
+  }
+  return {tile, tile.mma == gen::MmaKind::kTmaFolded && !folded};
+}
+
 BackwardRecord backward(const BackwardArgs& a) {
   if (auto problems = check_backward_args(a); !problems.empty()) {
     throw ArgumentError(std::move(problems));
@@ -241,36 +278,9 @@ BackwardRecord backward(const BackwardArgs& a) {
     return *pinned;
   };
   gen::TileConfig dkv_tile = pick(dkv_kind, a.dkv_tile);
-  // The dK/dV kernel reads the streamed query side by TMA when every pointer and stride of q_std
-  // and dO is a multiple of 16 bytes: as folded rows (.tmafold) when k_low is stored right after
-  // q_std (or r = 0), or when the preprocess kernel can pack separate q_std and k_low into folded
-  // rows in the workspace (packable_query); else q_std by TMA and k_low by cp.async (.tma).
-  // Packing costs one pass over the query side (~1% of the backward at the seeds' shape) and
-  // wins over .tma, whose mid-step wait for the boxes shows at width 64 (docs/perf-notes.md,
-  // backward v5). A pinned TMA tile the tensors do not allow is an error.
-  const bool tma_ok = dev.cc == 90 && !detail::tma_disabled_by_env() &&
-                      detail::tma_view_ok(a.q_std) && detail::tma_view_ok(a.d_o);
-  const bool folded = s.r == 0 || detail::tma_folded(a.q_std, a.k_low, s.d_std);
-  const bool can_pack = tma_ok && !folded && packable_query(a);
-  gen::MmaKind auto_kind = gen::MmaKind::kWgmma;
-  if (tma_ok) auto_kind = folded || can_pack ? gen::MmaKind::kTmaFolded : gen::MmaKind::kTma;
-  if (gen::is_tma(dkv_tile.mma)) {
-    const bool allowed = dkv_tile.mma == gen::MmaKind::kTmaFolded
-                             ? tma_ok && (folded || can_pack)
-                             : tma_ok && !folded;
-    if (!allowed) {
-      throw ArgumentError({fmt::format(
-          "dkv_tile {}: {}", dkv_tile.key(),
-          !tma_ok ? "the TMA dK/dV kernel needs 16-byte aligned pointers and strides for q_std "
-                    "and d_o (and sm_90, RAJIT_TMA not 0); use the .wgmma tile"
-          : folded ? "k_low is stored right after q_std: use the .tmafold tile"
-                   : "separate q_std and k_low are read as folded rows only when d_std and r are "
-                     "multiples of 8 and k_low is 16-byte aligned: use the .tma tile")});
-    }
-  } else if (dkv_tile.mma == gen::MmaKind::kWgmma) {  // mma.sync tiles stay as they are
-    dkv_tile.mma = auto_kind;
-  }
-  const bool pack = dkv_tile.mma == gen::MmaKind::kTmaFolded && !folded;
+  const DkvReadPlan reads = plan_dkv_reads(a, dkv_tile, dev.cc);
+  dkv_tile = reads.tile;
+  const bool pack = reads.pack;
   const gen::TileConfig dq_tile =
       a.deterministic ? pick(BackwardKernel::kDq, a.dq_tile) : gen::TileConfig{};
   const HotEntry pre = kernel_for(ctx, ordinal, dev.cc, s, BackwardKernel::kAux, {}, "_preprocess");

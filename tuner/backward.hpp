@@ -68,6 +68,17 @@ std::vector<std::string> check_backward_args(const BackwardArgs& args);
 /// Bytes of scratch backward() needs for these shapes and options (no GPU needed).
 std::size_t backward_workspace_bytes(const BackwardArgs& args);
 
+/// How the dK/dV kernel reads the streamed query side: `tile` is the chosen tile with its kind
+/// after the TMA upgrade (a .wgmma tile becomes .tmafold or .tma where the tensors allow; mma.sync
+/// tiles stay), `pack` whether the preprocess kernel packs separate q_std and k_low into folded
+/// rows for it. Pure (no GPU): `cc` is the device's compute capability; reads RAJIT_TMA.
+/// Throws: ArgumentError for a pinned TMA tile the tensors do not allow.
+struct DkvReadPlan {
+  gen::TileConfig tile;
+  bool pack = false;
+};
+DkvReadPlan plan_dkv_reads(const BackwardArgs& args, gen::TileConfig tile, int cc);
+
 struct BackwardRecord {
   std::vector<std::string> kernels;  ///< entry names, in launch order
   gen::TileConfig dkv_tile;          ///< the dK/dV kernel's tile

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -167,6 +168,64 @@ TEST_CASE("backward_workspace_bytes: room for packed query rows only where separ
   r4_folded.k_low.ptr = reinterpret_cast<const void*>(0x100000 + 2 * 60);
   r4_folded.k_low.shape[3] = 4;
   CHECK(rajit::tune::backward_workspace_bytes(r4) == rajit::tune::backward_workspace_bytes(r4_folded));
+}
+
+TEST_CASE("plan_dkv_reads: which TMA kind the dK/dV kernel gets, and when the query rows are packed") {
+  using rajit::gen::MmaKind;
+  using rajit::gen::TileConfig;
+  using rajit::tune::plan_dkv_reads;
+  ::unsetenv("RAJIT_TMA");
+  const TileConfig wgmma{64, 64, 4, 2, MmaKind::kWgmma};
+  const BackwardArgs separate = valid_args(kSeeds);
+  BackwardArgs folded = separate;
+  folded.q_std = contiguous(0x100000, Tq, 64).as_const();
+  folded.q_std.shape[3] = 56;
+  folded.k_low = folded.q_std;
+  folded.k_low.ptr = reinterpret_cast<const void*>(0x100000 + 2 * 56);
+  folded.k_low.shape[3] = 8;
+
+  // Separate tensors are packed into folded rows; folded rows need no packing.
+  auto plan = plan_dkv_reads(separate, wgmma, 90);
+  CHECK(plan.tile.mma == MmaKind::kTmaFolded);
+  CHECK(plan.pack);
+  plan = plan_dkv_reads(folded, wgmma, 90);
+  CHECK(plan.tile.mma == MmaKind::kTmaFolded);
+  CHECK_FALSE(plan.pack);
+  // mma.sync tiles, other devices and RAJIT_TMA=0 keep the tile as it is.
+  const TileConfig sync{64, 128, 8, 2, MmaKind::kSync};
+  CHECK(plan_dkv_reads(separate, sync, 90).tile.mma == MmaKind::kSync);
+  CHECK_FALSE(plan_dkv_reads(separate, sync, 90).pack);
+  CHECK(plan_dkv_reads(separate, wgmma, 80).tile.mma == MmaKind::kWgmma);
+  ::setenv("RAJIT_TMA", "0", 1);
+  plan = plan_dkv_reads(separate, wgmma, 90);
+  ::unsetenv("RAJIT_TMA");
+  CHECK(plan.tile.mma == MmaKind::kWgmma);
+  CHECK_FALSE(plan.pack);
+  // Pinned kinds: .tma on separate tensors stays unpacked, .tmafold packs; a kind the tensors do
+  // not allow names the tile and what to use.
+  plan = plan_dkv_reads(separate, {64, 64, 4, 2, MmaKind::kTma}, 90);
+  CHECK(plan.tile.mma == MmaKind::kTma);
+  CHECK_FALSE(plan.pack);
+  CHECK(plan_dkv_reads(separate, {64, 64, 4, 2, MmaKind::kTmaFolded}, 90).pack);
+  try {
+    plan_dkv_reads(folded, {64, 64, 4, 2, MmaKind::kTma}, 90);
+    FAIL("a pinned .tma tile on folded rows must be refused");
+  } catch (const rajit::tune::ArgumentError& e) {
+    CHECK(std::string(e.what()).find("use the .tmafold tile") != std::string::npos);
+  }
+  BackwardArgs unaligned = separate;
+  unaligned.d_o.stride[2] = 68;  // rows of 136 bytes: not a multiple of 16
+  CHECK(plan_dkv_reads(unaligned, wgmma, 90).tile.mma == MmaKind::kWgmma);
+  CHECK_THROWS_AS(plan_dkv_reads(unaligned, {64, 64, 4, 2, MmaKind::kTmaFolded}, 90),
+                  rajit::tune::ArgumentError);
+  // r = 4 cannot be packed: at width 64 the cp.async kernel stays (.tma's mid-step wait does not
+  // hide there), and a pinned .tmafold is refused.
+  BackwardArgs r4 = valid_args({60, 4, 64, true, BiasKind::kColumn, Dtype::kBf16});
+  r4.q_std = contiguous(0x100000, Tq, 64).as_const();  // rows padded to 128 bytes: TMA-readable
+  r4.q_std.shape[3] = 60;
+  CHECK(plan_dkv_reads(r4, wgmma, 90).tile.mma == MmaKind::kWgmma);
+  CHECK_THROWS_AS(plan_dkv_reads(r4, {64, 64, 4, 2, MmaKind::kTmaFolded}, 90),
+                  rajit::tune::ArgumentError);
 }
 
 TEST_CASE("generate_backward: every kernel family renders deterministically with procedural names") {
