@@ -943,49 +943,38 @@ __device__ __forceinline__ void row_dots(float (&acc)[kPasses], const dev::u16* 
   }
 }
 
-/// Packing the CTA's `rows` query rows [q_std | k_low] into the (B, H, Tq, Ds + R) buffer
+/// Copies the CTA's `rows` query rows [q_std | k_low] into the packed (B, H, Tq, Ds + R) buffer
 /// `p.q_packed`, 16 bytes per access (the facade packs only when Ds and R are multiples of 8 and
-/// both views are 16-byte aligned): the loads go out before the preprocess kernel's O and dO
-/// loads, so both are in flight together, and the stores at the end.
+/// both views are 16-byte aligned). All loads are issued before any store.
 template <int kDStd, int kR>
-struct QueryRowPacker {
-  static constexpr bool kPackable = kR > 0 && kDStd % 8 == 0 && kR % 8 == 0;
-  static constexpr int kStdChunks = kDStd / 8, kChunks = (kDStd + kR) / 8;
-  static constexpr int kIters =
-      kPackable ? (kAuxRows * kChunks + kAuxThreads - 1) / kAuxThreads : 1;
-  dev::u32 v[kIters][4];
-
-  __device__ __forceinline__ void load(const BwdParams& p, int b, int h, int i0, int rows) {
-    if constexpr (kPackable) {
-      const dev::u16* q = static_cast<const dev::u16*>(p.q_std.ptr) + b * p.q_std.batch_stride +
-                          h * p.q_std.head_stride + i0 * p.q_std.row_stride;
-      const dev::u16* kl = static_cast<const dev::u16*>(p.k_low.ptr) +
-                           b * p.k_low.batch_stride + h * p.k_low.head_stride +
-                           i0 * p.k_low.row_stride;
-      const int tid = static_cast<int>(threadIdx.x);
+__device__ __forceinline__ void pack_query_rows(const BwdParams& p, int b, int h, int i0,
+                                                int rows, index_t row0) {
+  if constexpr (kR > 0 && kDStd % 8 == 0 && kR % 8 == 0) {
+    constexpr int kStdChunks = kDStd / 8, kChunks = (kDStd + kR) / 8;
+    constexpr int kIters = (kAuxRows * kChunks + kAuxThreads - 1) / kAuxThreads;
+    const dev::u16* q = static_cast<const dev::u16*>(p.q_std.ptr) + b * p.q_std.batch_stride +
+                        h * p.q_std.head_stride + i0 * p.q_std.row_stride;
+    const dev::u16* kl = static_cast<const dev::u16*>(p.k_low.ptr) + b * p.k_low.batch_stride +
+                         h * p.k_low.head_stride + i0 * p.k_low.row_stride;
+    dev::u16* out = static_cast<dev::u16*>(p.q_packed) + row0 * (kDStd + kR);
+    const int chunks = rows * kChunks;
+    const int tid = static_cast<int>(threadIdx.x);
+    dev::u32 v[kIters][4];
 #pragma unroll
-      for (int it = 0; it < kIters; ++it) {
-        const int k = tid + it * kAuxThreads;
-        const int r = k / kChunks, c = k % kChunks;
-        const dev::u16* src = c < kStdChunks
-                                  ? q + r * p.q_std.row_stride + 8 * c
-                                  : kl + r * p.k_low.row_stride + 8 * (c - kStdChunks);
-        ld_v4_if(k < rows * kChunks, src, v[it]);
-      }
+    for (int it = 0; it < kIters; ++it) {
+      const int k = tid + it * kAuxThreads;
+      const int r = k / kChunks, c = k % kChunks;
+      const dev::u16* src = c < kStdChunks ? q + r * p.q_std.row_stride + 8 * c
+                                           : kl + r * p.k_low.row_stride + 8 * (c - kStdChunks);
+      ld_v4_if(k < chunks, src, v[it]);
+    }
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int k = tid + it * kAuxThreads;
+      if (k < chunks) st_v4(out + 8 * k, v[it]);
     }
   }
-  __device__ __forceinline__ void store(const BwdParams& p, int rows, index_t row0) const {
-    if constexpr (kPackable) {
-      dev::u16* out = static_cast<dev::u16*>(p.q_packed) + row0 * (kDStd + kR);
-      const int tid = static_cast<int>(threadIdx.x);
-#pragma unroll
-      for (int it = 0; it < kIters; ++it) {
-        const int k = tid + it * kAuxThreads;
-        if (k < rows * kChunks) st_v4(out + 8 * k, v[it]);
-      }
-    }
-  }
-};
+}
 
 }  // namespace bwd_detail
 
@@ -1011,10 +1000,6 @@ __device__ __forceinline__ void bwd_preprocess(const BwdParams& p) {
   const int rows = min(kAuxRows, p.seqlen_q - i0);
   const index_t row0 = static_cast<index_t>(bh) * p.seqlen_q + i0;  // index in (B, H, Tq)
   const int group = tid / kGroup, part = tid % kGroup;
-
-  const bool pack = p.q_packed != nullptr;
-  QueryRowPacker<kDStd, kR> packer;
-  if (pack) packer.load(p, b, h, i0, rows);
 
   const dev::u16* o = static_cast<const dev::u16*>(p.o.ptr) + b * p.o.batch_stride +
                       h * p.o.head_stride + i0 * p.o.row_stride;
@@ -1049,7 +1034,7 @@ __device__ __forceinline__ void bwd_preprocess(const BwdParams& p) {
 #pragma unroll 4
     for (int k = tid; k < quads; k += kAuxThreads) st_zero_v4(gq + 4 * k);
   }
-  if (pack) packer.store(p, rows, row0);
+  if (p.q_packed != nullptr) pack_query_rows<kDStd, kR>(p, b, h, i0, rows, row0);
 }
 
 /// dq_std = scale * w_std * Gq[:Ds] and dk_low = scale * w_rec * Gq[Ds:] from the fp32 workspace
