@@ -94,6 +94,7 @@ struct TmaFwdKernel {
   int tid;
   int b, h, m0;
   int bias_off;  // b * bias_batch_stride + h * bias_head_stride: this CTA's bias row
+  u32 bias_lane;  // this thread's first bias pair in stage 0 (its lane's two columns of n8 tile 0)
   // Address fields (>> 4) of this warpgroup's Q rows (standard and low part) and of stage 0's K
   // and V; k-steps and stages are compile-time offsets added to them.
   u32 q_desc0, q_low_desc0, k_desc0, v_desc0;
@@ -268,11 +269,13 @@ struct TmaFwdKernel {
 
   static constexpr int kBiasRegs = C::Bias::kHasBias ? C::kBlockN / 4 : 1;
   // This thread's bias columns of key tile in `stage` (2 per n8 tile), times w_disc log2(e).
-  // Read right after Q K^T is issued, so the shared-memory latency overlaps the MMA.
+  // Read after the wait for Q K^T, not while the products are issued: ptxas interleaves
+  // independent instructions with the HGMMAs, and the multiplies waiting on these loads then held
+  // back the last Q K^T step and P V (ncu: the whole bias price sat there; perf-notes v5c).
   __device__ __forceinline__ void load_bias(float (&bias)[kBiasRegs], int stage,
                                             float bias_log2) const {
     if constexpr (C::Bias::kHasBias) {
-      const u32 base = stage_bias(stage) + 8 * (dev::lane_id() % 4);
+      const u32 base = bias_lane + stage * C::kBlockN * 4;
 #pragma unroll
       for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
         dev::lds_f32x2(base + nt * 32, bias[2 * nt], bias[2 * nt + 1]);
@@ -356,9 +359,9 @@ struct TmaFwdKernel {
       dev::wgmma_fence();
       issue_qk(s, 0);
       dev::wgmma_commit();
-      load_bias(bias, 0, bias_log2);
       dev::wgmma_wait<0>();
       dev::fence_registers(s);
+      load_bias(bias, 0, bias_log2);
       float correction[2];
       softmax(s, bias, 0, warp_row0, diag, row_max, row_sum, correction);
       wgmma_fwd::pack_p<C>(pa, s);
@@ -372,9 +375,9 @@ struct TmaFwdKernel {
       dev::wgmma_commit();
       issue_pv(o_acc, pa, prev_stage);
       dev::wgmma_commit();
-      load_bias(bias, stage, bias_log2);
       dev::wgmma_wait<1>();
       dev::fence_registers(s);
+      load_bias(bias, stage, bias_log2);
       float correction[2];
       softmax(s, bias, tile, warp_row0, diag, row_max, row_sum, correction);
       dev::wgmma_wait_all_after(row_sum[0], row_sum[1], smem_s + C::kBarrierOffset,
@@ -409,6 +412,7 @@ __device__ __forceinline__ void fwd_tma(const FwdParams& p, const FwdTmaMaps& ma
   k.b = bh / p.heads;
   k.h = bh % p.heads;
   k.bias_off = static_cast<int>(k.b * p.bias_batch_stride + k.h * p.bias_head_stride);
+  k.bias_lane = k.stage_bias(0) + 8 * (dev::lane_id() % 4);
   k.m0 = m_block * Config::kBlockM;
   k.run();
 }
