@@ -14,7 +14,6 @@ namespace {
 // The dK/dV kernel's Hopper tiles (is_hopper): wgmma fed by cp.async, or by TMA (.tmafold: the
 // query side stored as folded rows [q_std | k_low]; .tma: q_std by TMA, k_low copied over its zero
 // columns); all have the same shapes and shared memory.
-
 int shared_bytes(const AttentionSpec& s, BackwardKernel k, const TileConfig& t) {
   if (is_hopper(t.mma) && k != BackwardKernel::kAux) {
     return attn::bwd_dkv_wgmma_shared_bytes(s.d_std, s.r, s.head_dim, t.block_n, t.stages,
@@ -96,7 +95,6 @@ std::vector<std::string> validate_backward(const AttentionSpec& s, BackwardKerne
                               to_string(k)));
     return out;
   }
-
   // What each tile field may be, in the words of the tile's family.
   struct Allowed {
     std::string who, take, need, use, block_m, block_n, warps, stages;
@@ -196,7 +194,7 @@ GeneratedSource generate_backward(const AttentionSpec& s, BackwardKernel k, cons
   } else {
     shim_path = k == BackwardKernel::kDq ? "attention/bwd_dq_entry.cu.in"
                 : is_tma(t.mma)          ? "attention/bwd_dkv_tma_entry.cu.in"
-                : is_hopper(t.mma)            ? "attention/bwd_dkv_wgmma_entry.cu.in"
+                : is_hopper(t.mma)       ? "attention/bwd_dkv_wgmma_entry.cu.in"
                                          : "attention/bwd_dkv_entry.cu.in";
     if (!is_hopper(t.mma)) {  // wgmma tiles: block_m is fixed and warps = block_n / 16
       values.emplace("BLOCK_M", Value::integer(t.block_m));

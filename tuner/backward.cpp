@@ -231,7 +231,7 @@ DkvReadPlan plan_dkv_reads(const BackwardArgs& a, gen::TileConfig tile, int cc) 
   const bool tma_ok = cc == 90 && !detail::tma_disabled_by_env() && detail::tma_view_ok(a.q_std) &&
                       detail::tma_view_ok(a.d_o);
   const bool folded = s.r == 0 || detail::tma_folded(a.q_std, a.k_low, s.d_std);
-  const bool can_pack = tma_ok && !folded && packable_query(a);
+  const bool can_pack = tma_ok && packable_query(a);  // packable rows are never folded already
   const bool wide = std::max(s.head_dim, s.d_std + s.r) > 64;
   if (gen::is_tma(tile.mma)) {
     const bool allowed = tile.mma == gen::MmaKind::kTmaFolded ? tma_ok && (folded || can_pack)
@@ -365,13 +365,13 @@ BackwardRecord backward(const BackwardArgs& a) {
   }
   attn::BwdTmaMaps maps{};
   if (gen::is_tma(dkv_tile.mma)) {
-    const bool tma_folded = dkv_tile.mma == gen::MmaKind::kTmaFolded;
-    maps.q = detail::encode_tma_map(q_view.ptr, s.dtype, tma_folded ? s.d_std + s.r : s.d_std,
-                                    q_view, 64, attn::kBwdWgmmaBlockM,
-                                    pack         ? "q_std and k_low (packed)"
-                                    : tma_folded ? "q_std (folded with k_low)"
-                                                 : "q_std");
-    maps.d_o = detail::encode_tma_map(a.d_o.ptr, s.dtype, s.head_dim, a.d_o, 64,
+    const bool folded_rows = dkv_tile.mma == gen::MmaKind::kTmaFolded;
+    maps.q = detail::encode_tma_map(s.dtype, folded_rows ? s.d_std + s.r : s.d_std, q_view, 64,
+                                    attn::kBwdWgmmaBlockM,
+                                    pack          ? "q_std and k_low (packed)"
+                                    : folded_rows ? "q_std (folded with k_low)"
+                                                  : "q_std");
+    maps.d_o = detail::encode_tma_map(s.dtype, s.head_dim, a.d_o, 64,
                                       attn::kBwdWgmmaBlockM, "d_o");
   }
   void* pre_args[] = {&p};

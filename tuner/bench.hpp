@@ -31,8 +31,9 @@ struct BenchResult {
 };
 
 /// Random input sets for one (spec, shape) on the current context's device: separate
-/// (B,H,T,width) tensors (or folded rows, `folded`), gates and bias set, never zeros. Enough sets are made that rotating
-/// through them touches `l2_multiple` times the L2, so timings never run out of a warm cache.
+/// (B,H,T,width) tensors (or folded rows, `folded`), gates and bias set, never zeros. Enough sets
+/// are made that rotating through them touches `l2_multiple` times the L2, so timings never run
+/// out of a warm cache.
 /// Shared by `rajit bench` and the autotuner. Not thread-safe; move-only.
 /// Throws (constructor): rt::DriverError (allocation), rt::NoDriverError.
 class ForwardInputs {

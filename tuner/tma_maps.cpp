@@ -56,7 +56,7 @@ long long bias_extent(const ForwardArgs& a) {
 
 }  // namespace
 
-attn::TmaMap encode_tma_map(const void* ptr, gen::Dtype dtype, int cols, const TensorView& t,
+attn::TmaMap encode_tma_map(gen::Dtype dtype, int cols, const TensorView& t,
                             int box_cols, int box_rows, const char* what) {
   const CUtensorMapDataType type = dtype == gen::Dtype::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
                                                               : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
@@ -77,7 +77,7 @@ attn::TmaMap encode_tma_map(const void* ptr, gen::Dtype dtype, int cols, const T
                              1, 1};
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
   RAJIT_CU_CHECK(rt::driver().cuTensorMapEncodeTiled(
-                     reinterpret_cast<CUtensorMap*>(&map), type, 4, const_cast<void*>(ptr), dims,
+                     reinterpret_cast<CUtensorMap*>(&map), type, 4, const_cast<void*>(t.ptr), dims,
                      strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                      swizzle ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
                      CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
@@ -192,12 +192,12 @@ attn::FwdTmaMaps encode_all(const ForwardArgs& a, const gen::TileConfig& tile) {
   const bool folded = tile.mma == gen::MmaKind::kTmaFolded;
   const int swizzled_cols = attn::tma_swizzled_cols(s.d_std, s.r, folded);
   attn::FwdTmaMaps maps{};
-  maps.q_std = encode_tma_map(a.q_std.ptr, s.dtype, swizzled_cols, a.q_std, 64, tile.block_m, "q_std");
-  maps.k_std = encode_tma_map(a.k_std.ptr, s.dtype, swizzled_cols, a.k_std, 64, tile.block_n, "k_std");
-  maps.v = encode_tma_map(a.v.ptr, s.dtype, s.head_dim, a.v, 64, tile.block_n, "v");
+  maps.q_std = encode_tma_map(s.dtype, swizzled_cols, a.q_std, 64, tile.block_m, "q_std");
+  maps.k_std = encode_tma_map(s.dtype, swizzled_cols, a.k_std, 64, tile.block_n, "k_std");
+  maps.v = encode_tma_map(s.dtype, s.head_dim, a.v, 64, tile.block_n, "v");
   if (!folded && s.r > 0) {
-    maps.k_low = encode_tma_map(a.k_low.ptr, s.dtype, s.r, a.k_low, 8, tile.block_m, "k_low");
-    maps.q_low = encode_tma_map(a.q_low.ptr, s.dtype, s.r, a.q_low, 8, tile.block_n, "q_low");
+    maps.k_low = encode_tma_map(s.dtype, s.r, a.k_low, 8, tile.block_m, "k_low");
+    maps.q_low = encode_tma_map(s.dtype, s.r, a.q_low, 8, tile.block_n, "q_low");
   }
   if (s.bias == gen::BiasKind::kColumn) {
     const long long extent = bias_extent(a);

@@ -25,7 +25,7 @@ gen::MmaKind tma_kind_for(const ForwardArgs& a, const gen::TileConfig& wgmma_til
 bool tma_view_ok(const TensorView& t);
 bool tma_folded(const TensorView& std_part, const TensorView& low, int d_std);
 bool tma_disabled_by_env();
-attn::TmaMap encode_tma_map(const void* ptr, gen::Dtype dtype, int cols, const TensorView& t,
+attn::TmaMap encode_tma_map(gen::Dtype dtype, int cols, const TensorView& t,
                             int box_cols, int box_rows, const char* what);
 
 /// The tensor maps of `tile` (a TMA kind from tma_kind_for) for this call: 4-D (columns, rows,

@@ -271,7 +271,7 @@ struct TmaFwdKernel {
   // This thread's bias columns of key tile in `stage` (2 per n8 tile), times w_disc log2(e).
   // Read after the wait for Q K^T, not while the products are issued: ptxas interleaves
   // independent instructions with the HGMMAs, and the multiplies waiting on these loads then held
-  // back the last Q K^T step and P V (ncu: the whole bias price sat there; perf-notes v5c).
+  // back the last Q K^T step and P V (perf-notes v5c).
   __device__ __forceinline__ void load_bias(float (&bias)[kBiasRegs], int stage,
                                             float bias_log2) const {
     if constexpr (C::Bias::kHasBias) {

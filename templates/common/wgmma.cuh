@@ -92,7 +92,7 @@ __device__ __forceinline__ void tma_load_2d(u32 dst, const void* map, u32 bar, i
       : "memory");
 }
 /// Loads the box at coordinates (c0, c1, c2, c3) of the tensor map `map` (a __grid_constant__
-/// parameter) into shared memory at `dst`; completes `bytes` on `bar`. Out-of-bounds elements
+/// parameter) into shared memory at `dst`; its bytes complete on `bar`. Out-of-bounds elements
 /// arrive as zeros.
 __device__ __forceinline__ void tma_load_4d(u32 dst, const void* map, u32 bar, int c0, int c1,
                                             int c2, int c3) {
