@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace rajit::tune {
@@ -11,13 +12,51 @@ std::string arch_for(const gen::TileConfig& tile, int cc) {
   return gen::is_hopper(tile.mma) ? std::string("sm_90a") : fmt::format("sm_{}", cc);
 }
 
+namespace {
+
+// Whether `tile` fits as many CTAs per SM by shared memory (at most 2: the register file's
+// limit) as the same tile with 3 stages, as every kernel forward() may run it as: the cp.async
+// wgmma kernel and both TMA kernels.
+bool keeps_ctas_per_sm(const gen::AttentionSpec& spec, const gen::TileConfig& tile) {
+  constexpr int kSmBytes = 228 * 1024;
+  const auto ctas = [](int bytes) { return std::min(2, kSmBytes / std::max(bytes, 1)); };
+  for (gen::MmaKind kind :
+       {gen::MmaKind::kWgmma, gen::MmaKind::kTma, gen::MmaKind::kTmaFolded}) {
+    gen::TileConfig deep = tile;
+    deep.mma = kind;
+    gen::TileConfig shallow = deep;
+    shallow.stages = 3;
+    if (ctas(gen::forward_shared_bytes(spec, deep)) <
+        ctas(gen::forward_shared_bytes(spec, shallow))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 gen::TileConfig heuristic_tile(const gen::AttentionSpec& spec, const Shape& shape, int cc,
                                int max_shared_bytes, bool allow_wgmma) {
   gen::require_valid(spec);
   if (allow_wgmma && cc == 90) {
     // Hopper: warpgroup MMA (docs/perf-notes.md, v3 sweep on the H200). head_dim 64: 128 x 64
     // tiles fit two CTAs per SM (128 registers); head_dim 128: three warpgroups over 64-key tiles.
+    // Causal grids at head_dim 64 and 128 take 4 stages: two are in use (the tile in the softmax,
+    // the one in P V), so a fourth lets two tiles load ahead instead of one (perf-notes v6: d64
+    // RA + bias 0.388 -> 0.376 ms, plain 0.366 -> 0.363; d128 1.10 -> 1.09). Not where the fourth
+    // stage would cost a CTA per SM, nor for r = 0 with a bias at head_dim 64, whose cp.async
+    // kernel spills at 4 stages (nvrtc tier). Non-causal grids were no faster with 4 (sometimes
+    // slower); other head dims were not measured.
     const gen::MmaKind wg = gen::MmaKind::kWgmma;
+    const bool deep = spec.causal && (spec.head_dim == 64 || spec.head_dim == 128) &&
+                      !(spec.head_dim == 64 && spec.r == 0 && spec.bias == gen::BiasKind::kColumn);
+    const gen::TileConfig deep_tile = spec.head_dim == 128 ? gen::TileConfig{192, 64, 12, 4, wg}
+                                                           : gen::TileConfig{128, 64, 8, 4, wg};
+    if (deep && keeps_ctas_per_sm(spec, deep_tile) &&
+        gen::validate(spec, deep_tile, max_shared_bytes).empty()) {
+      return deep_tile;
+    }
     const std::vector<gen::TileConfig> wg_prefs =
         spec.head_dim == 128
             ? std::vector<gen::TileConfig>{{192, 64, 12, 3, wg}, {128, 64, 8, 3, wg}}

@@ -100,6 +100,35 @@ TEST_CASE("heuristic: the seeds' config gets a runnable tile on every supported 
   }
 }
 
+TEST_CASE("heuristic: causal Hopper tiles at head_dim 64 and 128 load two tiles ahead (4 stages) "
+          "unless that costs a CTA per SM") {
+  const int smem = 227 * 1024;
+  const Shape shape{4, 16, 4096, 4096};
+  const auto key = [&](const AttentionSpec& s) {
+    return rajit::tune::heuristic_tile(s, shape, 90, smem).key();
+  };
+  const Dtype bf = Dtype::kBf16;
+  // The seeds' spec, plain attention (the benchmark's baseline) and the d128 spec: 4 stages.
+  CHECK(key({56, 8, 64, true, BiasKind::kColumn, bf}) == "bm128.bn64.w8.s4.wgmma");
+  CHECK(key({64, 0, 64, true, BiasKind::kNone, bf}) == "bm128.bn64.w8.s4.wgmma");
+  CHECK(key({120, 8, 128, true, BiasKind::kColumn, bf}) == "bm192.bn64.w12.s4.wgmma");
+  // Non-causal: 3 (4 was no faster).
+  CHECK(key({56, 8, 64, false, BiasKind::kColumn, bf}) == "bm128.bn64.w8.s3.wgmma");
+  // Contraction 128 at head_dim 64: a fourth stage would leave one CTA per SM instead of two.
+  CHECK(key({64, 64, 64, true, BiasKind::kNone, bf}) == "bm128.bn64.w8.s3.wgmma");
+  // r = 0 with a bias at head_dim 64: the cp.async kernel spills at 4 stages.
+  CHECK(key({64, 0, 64, true, BiasKind::kColumn, bf}) == "bm128.bn64.w8.s3.wgmma");
+  // Not measured: other head dims keep 3.
+  CHECK(key({88, 8, 96, true, BiasKind::kColumn, bf}).find(".s4") == std::string::npos);
+  // Contraction 256 at head_dim 128: 4 stages do not fit; the 3-stage preference list applies.
+  CHECK(key({128, 128, 128, true, BiasKind::kNone, bf}) == "bm128.bn64.w8.s3.wgmma");
+  // sm_80 gets mma.sync tiles whatever the mask.
+  CHECK(rajit::tune::heuristic_tile({56, 8, 64, true, BiasKind::kColumn, bf}, shape, 80,
+                                    163 * 1024)
+            .key()
+            .find("wgmma") == std::string::npos);
+}
+
 TEST_CASE("heuristic: an invalid spec throws SpecError naming the bad field") {
   const AttentionSpec bad{3, 8, 48, true, BiasKind::kNone, Dtype::kBf16};
   for (const Device& dev : kDevices) {
