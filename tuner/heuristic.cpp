@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "templates/attention/limits.cuh"
+
 namespace rajit::tune {
 
 std::string arch_for(const gen::TileConfig& tile, int cc) {
@@ -14,22 +16,25 @@ std::string arch_for(const gen::TileConfig& tile, int cc) {
 
 namespace {
 
-// Whether `tile` fits as many CTAs per SM by shared memory (at most 2: the register file's
-// limit) as the same tile with 3 stages, as every kernel forward() may run it as: the cp.async
-// wgmma kernel and both TMA kernels.
+// CTAs per SM the kernel of `tile` asks for (its __launch_bounds__, limits.cuh).
+int ctas_per_sm(const gen::AttentionSpec& spec, const gen::TileConfig& tile) {
+  const int bytes = gen::forward_shared_bytes(spec, tile);
+  return tile.mma == gen::MmaKind::kWgmma
+             ? attn::wgmma_fwd_min_blocks(spec.d_std, spec.r, spec.head_dim, tile.block_n,
+                                          tile.warps, bytes)
+             : attn::tma_fwd_min_blocks(spec.head_dim, tile.block_n, tile.warps, bytes);
+}
+
+// Whether `tile` keeps the CTAs per SM of the same tile with 3 stages, as every kernel forward()
+// may run it as: the cp.async wgmma kernel and both TMA kernels.
 bool keeps_ctas_per_sm(const gen::AttentionSpec& spec, const gen::TileConfig& tile) {
-  constexpr int kSmBytes = 228 * 1024;
-  const auto ctas = [](int bytes) { return std::min(2, kSmBytes / std::max(bytes, 1)); };
   for (gen::MmaKind kind :
        {gen::MmaKind::kWgmma, gen::MmaKind::kTma, gen::MmaKind::kTmaFolded}) {
     gen::TileConfig deep = tile;
     deep.mma = kind;
     gen::TileConfig shallow = deep;
     shallow.stages = 3;
-    if (ctas(gen::forward_shared_bytes(spec, deep)) <
-        ctas(gen::forward_shared_bytes(spec, shallow))) {
-      return false;
-    }
+    if (ctas_per_sm(spec, deep) < ctas_per_sm(spec, shallow)) return false;
   }
   return true;
 }
