@@ -255,6 +255,7 @@ struct BenchFlags {
   bool sweep = false, no_baseline = false, dispatch = false, backward = false, deterministic = false;
   std::string format = "table";
   std::string layout = "separate";
+  std::string gates = "random";
   int iters = 100, warmup = 10;
 };
 
@@ -516,6 +517,12 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
   if (bf.layout != "separate" && bf.layout != "folded") {  // checked before looking for a GPU
     throw gen::SpecError({fmt::format("layout={}: must be separate or folded", bf.layout)});
   }
+  if (bf.gates != "random" && bf.gates != "none") {
+    throw gen::SpecError({fmt::format("gates={}: must be random or none", bf.gates)});
+  }
+  if (bf.gates == "none" && bf.backward) {
+    throw gen::SpecError({"gates=none: forward timing only (--backward learns the gates)"});
+  }
   std::vector<tune::Shape> shapes;
   for (const auto& t : bf.shapes) shapes.push_back(parse_shape(t));
   if (shapes.empty()) shapes.push_back(sf.shape());
@@ -543,6 +550,7 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
   opt.iters = bf.iters;
   opt.warmup = bf.warmup;
   opt.folded = bf.layout == "folded";
+  opt.gates = bf.gates == "random";
   for (const auto& shape : shapes) {
     const std::string shape_text =
         fmt::format("{}x{}x{}x{}", shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k);
@@ -690,6 +698,10 @@ struct Cli {
     bench->add_option("--layout", bf.layout,
                       "operand layout of the inputs: separate tensors, or folded rows "
                       "Qf=[q_std|k_low], Kf=[k_std|q_low] (ra-math.md)")
+        ->capture_default_str();
+    bench->add_option("--gates", bf.gates,
+                      "random: per-head w_std, w_rec, w_disc in [0.5, 1.5]; none: null gates "
+                      "(ra-math's default, all ones); forward timing only")
         ->capture_default_str();
     bench->add_option("--iters", bf.iters, "timed launches per row")->capture_default_str();
     bench->add_option("--warmup", bf.warmup, "untimed launches first")->capture_default_str();

@@ -191,6 +191,12 @@ BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> t
 BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
                           std::optional<gen::TileConfig> tile, const BenchOptions& opt) {
   ForwardInputs inputs(s, sh, opt.l2_multiple, 0, 12345, opt.folded);
+  if (!opt.gates) {
+    for (int i = 0; i < inputs.size(); ++i) {
+      ForwardArgs& a = inputs.args(i);
+      a.w_std = a.w_rec = a.w_disc = nullptr;
+    }
+  }
   return time_forward(inputs, tile, opt);
 }
 

@@ -21,6 +21,9 @@ struct BenchOptions {
   /// rows (ra-math.md): Qf = [q_std | k_low] and Kf = [k_std | q_low], one (B,H,T,Ds+R) tensor
   /// each, which the TMA forward reads with one box per 64 columns.
   bool folded = false;
+  /// true: per-head gates in [0.5, 1.5]; false: w_std, w_rec and w_disc null, ra-math's default
+  /// (all ones), so the kernels skip the query tile's gate pass (bench_forward only).
+  bool gates = true;
 };
 
 struct BenchResult {
@@ -62,7 +65,8 @@ BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> t
                          const BenchOptions& options = {});
 
 /// Times forward() for (spec, shape) with the pinned tile or the heuristic one, on device 0.
-/// Inputs are random (never zeros), separate (B,H,T,width) tensors, gates and bias set.
+/// Inputs are random (never zeros), separate (B,H,T,width) tensors, bias set, and gates set unless
+/// `options.gates` is false.
 /// Throws: what forward() throws.
 BenchResult bench_forward(const gen::AttentionSpec&, const Shape&, std::optional<gen::TileConfig>,
                           const BenchOptions& = {});

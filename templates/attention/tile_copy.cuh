@@ -233,19 +233,32 @@ __device__ __forceinline__ void zero_pad(char* dst, int tid) {
 
 /// Multiplies a staged folded tile by its gates once (columns < kDStd by w_std, the rest by
 /// w_rec), so the MMA sees the gated operand directly and no inner loop does gate work.
+/// 16-byte units where both widths are multiples of 8 (half the loads, stores and index math of
+/// 8-byte units: this pass delays each CTA's first product), else 8-byte ones.
 template <class E, class Tile, int kRows, int kDStd, int kR, int kThreads>
 __device__ __forceinline__ void scale_by_gates(char* dst, float w_std, float w_rec, int tid) {
   if (w_std == 1.f && (kR == 0 || w_rec == 1.f)) return;  // uniform across the CTA
-  constexpr int kUnits = (kDStd + kR) / 4;
+  constexpr int kUnitElems = kDStd % 8 == 0 && kR % 8 == 0 ? 8 : 4;
+  constexpr int kUnits = (kDStd + kR) / kUnitElems;
   for (int idx = tid; idx < kRows * kUnits; idx += kThreads) {
     const int row = idx / kUnits;
-    const int col = (idx % kUnits) * 4;
+    const int col = (idx % kUnits) * kUnitElems;
     const float w = col < kDStd ? w_std : w_rec;
-    uint2* ptr = reinterpret_cast<uint2*>(dst + Tile::byte_offset(row, col));
-    uint2 v = *ptr;
-    v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
-    v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
-    *ptr = v;
+    if constexpr (kUnitElems == 8) {
+      uint4* ptr = reinterpret_cast<uint4*>(dst + Tile::byte_offset(row, col));
+      uint4 v = *ptr;
+      v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
+      v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
+      v.z = E::pack(E::lo(v.z) * w, E::hi(v.z) * w);
+      v.w = E::pack(E::lo(v.w) * w, E::hi(v.w) * w);
+      *ptr = v;
+    } else {
+      uint2* ptr = reinterpret_cast<uint2*>(dst + Tile::byte_offset(row, col));
+      uint2 v = *ptr;
+      v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
+      v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
+      *ptr = v;
+    }
   }
 }
 

@@ -98,6 +98,18 @@ TEST_CASE("cli: bench with an unknown --layout exits 2 naming the allowed layout
   CHECK(cli::contains(r.err, "layout=diagonal: must be separate or folded"));
 }
 
+TEST_CASE("cli: bench --gates takes random or none, and none only for forward timing, GPU or not") {
+  cli::TempFolder cache("cli-cache");
+  const auto bad = cli::rajit({"bench", "--gates", "ones"}, cache.path());
+  CAPTURE(describe(bad));
+  CHECK(bad.exit_code == 2);
+  CHECK(cli::contains(bad.err, "gates=ones: must be random or none"));
+  const auto backward = cli::rajit({"bench", "--gates", "none", "--backward"}, cache.path());
+  CAPTURE(describe(backward));
+  CHECK(backward.exit_code == 2);
+  CHECK(cli::contains(backward.err, "gates=none: forward timing only"));
+}
+
 TEST_CASE("cli: gen with an unsupported arch exits 2 naming the allowed archs") {
   cli::TempFolder cache("cli-cache");
   cli::TempFolder work("cli-out");
