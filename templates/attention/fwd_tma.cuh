@@ -189,12 +189,9 @@ struct TmaFwdKernel {
   __device__ __forceinline__ void scale_region(char* base, int chunks, float w) const {
     for (int i = tid; i < chunks; i += C::kThreads) {
       uint4* ptr = reinterpret_cast<uint4*>(base + 16 * i);
-      uint4 v = *ptr;
-      v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
-      v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
-      v.z = E::pack(E::lo(v.z) * w, E::hi(v.z) * w);
-      v.w = E::pack(E::lo(v.w) * w, E::hi(v.w) * w);
-      *ptr = v;
+      const uint4 v = *ptr;
+      *ptr = make_uint4(scale_pair<E>(v.x, w), scale_pair<E>(v.y, w), scale_pair<E>(v.z, w),
+                        scale_pair<E>(v.w, w));
     }
   }
 

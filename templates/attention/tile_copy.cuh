@@ -231,6 +231,12 @@ __device__ __forceinline__ void zero_pad(char* dst, int tid) {
   }
 }
 
+/// The two 16-bit elements packed in `x`, times `w`.
+template <class E>
+__device__ __forceinline__ dev::u32 scale_pair(dev::u32 x, float w) {
+  return E::pack(E::lo(x) * w, E::hi(x) * w);
+}
+
 /// Multiplies a staged folded tile by its gates once (columns < kDStd by w_std, the rest by
 /// w_rec), so the MMA sees the gated operand directly and no inner loop does gate work.
 /// 16-byte units where both widths are multiples of 8 (half the loads, stores and index math of
@@ -246,18 +252,13 @@ __device__ __forceinline__ void scale_by_gates(char* dst, float w_std, float w_r
     const float w = col < kDStd ? w_std : w_rec;
     if constexpr (kUnitElems == 8) {
       uint4* ptr = reinterpret_cast<uint4*>(dst + Tile::byte_offset(row, col));
-      uint4 v = *ptr;
-      v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
-      v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
-      v.z = E::pack(E::lo(v.z) * w, E::hi(v.z) * w);
-      v.w = E::pack(E::lo(v.w) * w, E::hi(v.w) * w);
-      *ptr = v;
+      const uint4 v = *ptr;
+      *ptr = make_uint4(scale_pair<E>(v.x, w), scale_pair<E>(v.y, w), scale_pair<E>(v.z, w),
+                        scale_pair<E>(v.w, w));
     } else {
       uint2* ptr = reinterpret_cast<uint2*>(dst + Tile::byte_offset(row, col));
-      uint2 v = *ptr;
-      v.x = E::pack(E::lo(v.x) * w, E::hi(v.x) * w);
-      v.y = E::pack(E::lo(v.y) * w, E::hi(v.y) * w);
-      *ptr = v;
+      const uint2 v = *ptr;
+      *ptr = make_uint2(scale_pair<E>(v.x, w), scale_pair<E>(v.y, w));
     }
   }
 }
