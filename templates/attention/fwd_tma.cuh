@@ -11,8 +11,12 @@
 //  - separate operands: k_std fills the swizzled slices (columns past d_std are the box's
 //    out-of-bounds fill, zeros) and q_low fills 8-column groups of 16-byte rows without swizzle
 //    (wgmma's "interleave" layout, one box per group), one more k16 step of Q K^T.
-// The bias vector of a key tile arrives in shared memory with the tile and is read into
-// registers while Q K^T runs, so its latency hides under the MMA.
+// The bias, two ways (chosen per launch by FwdParams::bias_row_keys):
+//  - bias-row mode: every CTA reads its whole bias row once, while the query tile's TMA is in
+//    flight, scales it by w_disc log2(e) and keeps it after the mbarriers; a key tile's softmax
+//    then reads ready values (no box, no multiply per tile: perf-notes v7);
+//  - per-tile mode, for rows too long to keep: the bias vector of a key tile arrives with the
+//    tile by TMA and is read and scaled after the wait for Q K^T.
 #pragma once
 #include "attention/limits.cuh"
 #include "attention/params.cuh"
@@ -49,7 +53,8 @@ struct TmaFwdConfig {
   static constexpr int kSRegs = kBlockN / 2;
   static constexpr int kORegs = kHeadDim / 2;
   // Shared memory, bytes from a 1024-aligned base:
-  // [Q std | Q low | (O staging aliases Q)] [stage: K std | K low | V] ... [biases] [mbarriers]
+  // [Q std | Q low | (O staging aliases Q)] [stage: K std | K low | V] ... [mbarriers]
+  // [bias: one vector per stage, or the bias row whose size the launch sets]
   static constexpr int kQStdBytes = kBlockM * kStdSlices * 128;
   static constexpr int kQLowBytes = kLowGroups * kBlockM * 16;
   static constexpr int kOBytes = kBlockM * kVSlices * 128;
@@ -59,13 +64,13 @@ struct TmaFwdConfig {
   static constexpr int kKLowBytes = round_up(kLowGroups * kBlockN * 16, 1024);
   static constexpr int kVBytes = kBlockN * kVSlices * 128;
   static constexpr int kStageBytes = kKStdBytes + kKLowBytes + kVBytes;
-  static constexpr int kBiasOffset = kQoBytes + kStages * kStageBytes;  // kStages x kBlockN fp32
-  static constexpr int kBiasBytes = Bias::kHasBias ? kStages * kBlockN * 4 : 0;
-  static constexpr int kBarrierOffset = kBiasOffset + kBiasBytes;
-  static constexpr int kSharedBytes = 1024 + kBarrierOffset + kTmaBarrierBytes;
-  // Bytes each stage's boxes deliver (out-of-bounds fill included, as TMA counts it).
-  static constexpr int kStageTxBytes = kKStdBytes + kLowOperandGroups * kBlockN * 16 + kVBytes +
-                                       (Bias::kHasBias ? kBlockN * 4 : 0);
+  static constexpr int kBarrierOffset = kQoBytes + kStages * kStageBytes;
+  static constexpr int kBiasOffset = kBarrierOffset + kTmaBarrierBytes;
+  static constexpr int kBiasBytes = Bias::kHasBias ? kStages * kBlockN * 4 : 0;  // per-tile mode
+  static constexpr int kSharedBytes = 1024 + kBiasOffset + kBiasBytes;
+  // Bytes each stage's boxes deliver (out-of-bounds fill included, as TMA counts it), without
+  // the per-tile mode's bias vector.
+  static constexpr int kStageTxBytes = kKStdBytes + kLowOperandGroups * kBlockN * 16 + kVBytes;
   static constexpr int kQTxBytes = kQStdBytes + kLowOperandGroups * kBlockM * 16;
   static constexpr int kMinBlocksPerSm = tma_fwd_min_blocks(kHeadDim, kBlockN, kWarps,
                                                             kSharedBytes);
@@ -81,6 +86,7 @@ struct TmaFwdConfig {
                                                      kStages, Bias::kHasBias, kFolded),
                 "limits.cuh and the kernel disagree on the shared-memory layout");
   static_assert(2 * kStages + 1 <= kTmaBarrierBytes / 8, "no room for the mbarriers");
+  static_assert(kBiasOffset % 16 == 0, "the bias area takes 16-byte stores and TMA boxes");
 };
 
 template <class Config>
@@ -94,7 +100,8 @@ struct TmaFwdKernel {
   int tid;
   int b, h, m0;
   int bias_off;  // b * bias_batch_stride + h * bias_head_stride: this CTA's bias row
-  u32 bias_lane;  // this thread's first bias pair in stage 0 (its lane's two columns of n8 tile 0)
+  u32 bias_lane;  // this thread's first bias pair in the bias area (its lane's two columns of n8
+                  // tile 0 of stage 0, or of key tile 0 in the bias-row mode)
   // Address fields (>> 4) of this warpgroup's Q rows (standard and low part) and of stage 0's K
   // and V; k-steps and stages are compile-time offsets added to them.
   u32 q_desc0, q_low_desc0, k_desc0, v_desc0;
@@ -116,12 +123,14 @@ struct TmaFwdKernel {
   }
 
   // Starts the boxes of key tile `tile` into `stage` (one thread); they complete on its landed
-  // barrier, which expects their bytes.
+  // barrier, which expects their bytes. The per-tile mode adds the tile's bias vector.
+  template <bool kBiasRow>
   __device__ __forceinline__ void issue_kv(int tile, int stage) const {
+    constexpr bool kBiasBox = C::Bias::kHasBias && !kBiasRow;
     const int n0 = tile * C::kBlockN;
     const u32 base = stage_base(stage);
     const u32 bar = landed_barrier(stage);
-    dev::mbarrier_arrive_expect_tx(bar, C::kStageTxBytes);
+    dev::mbarrier_arrive_expect_tx(bar, C::kStageTxBytes + (kBiasBox ? C::kBlockN * 4 : 0));
 #pragma unroll
     for (int s = 0; s < C::kStdSlices; ++s) {
       dev::tma_load_4d(base + s * C::kBlockN * 128, &maps.k_std, bar, 64 * s, n0, h, b);
@@ -136,9 +145,7 @@ struct TmaFwdKernel {
     for (int s = 0; s < C::kVSlices; ++s) {
       dev::tma_load_4d(v + s * C::kBlockN * 128, &maps.v, bar, 64 * s, n0, h, b);
     }
-    if constexpr (C::Bias::kHasBias) {
-      dev::tma_load_2d(stage_bias(stage), &maps.bias, bar, bias_off + n0, 0);
-    }
+    if constexpr (kBiasBox) dev::tma_load_2d(stage_bias(stage), &maps.bias, bar, bias_off + n0, 0);
   }
 
   // The query tile: standard slices and k_low groups by TMA (one thread), the ones of the bias
@@ -218,6 +225,7 @@ struct TmaFwdKernel {
     return s >= C::kStages ? s - C::kStages : s;
   }
   // Makes tile `tile` (in `stage`) resident and starts tile + kStages - 2.
+  template <bool kBiasRow>
   __device__ __forceinline__ void advance_pipeline(int tile, int stage, int n_tiles) const {
     const int next = tile + C::kStages - 2;
     const int next_stage = wrap_stage(stage + C::kStages - 2);
@@ -226,12 +234,12 @@ struct TmaFwdKernel {
         if (next >= C::kStages) {
           dev::mbarrier_wait(released_barrier(next_stage), (next / C::kStages - 1) & 1);
         }
-        issue_kv(next, next_stage);
+        issue_kv<kBiasRow>(next, next_stage);
       }
       __syncwarp();  // wgmma needs the warp converged again
     } else {
       __syncthreads();  // every warpgroup finished P V of tile - 2: its stage is free
-      if (tid == 0 && next < n_tiles) issue_kv(next, next_stage);
+      if (tid == 0 && next < n_tiles) issue_kv<kBiasRow>(next, next_stage);
       __syncwarp();
     }
     dev::mbarrier_wait(landed_barrier(stage), (tile / C::kStages) & 1);
@@ -265,20 +273,62 @@ struct TmaFwdKernel {
   }
 
   static constexpr int kBiasRegs = C::Bias::kHasBias ? C::kBlockN / 4 : 1;
-  // This thread's bias columns of key tile in `stage` (2 per n8 tile), times w_disc log2(e).
-  // Read after the wait for Q K^T, not while the products are issued: ptxas interleaves
-  // independent instructions with the HGMMAs, and the multiplies waiting on these loads then held
-  // back the last Q K^T step and P V (perf-notes v5c).
-  __device__ __forceinline__ void load_bias(float (&bias)[kBiasRegs], int stage,
+  // This thread's bias columns of key tile `tile` (2 per n8 tile), times w_disc log2(e): ready in
+  // the bias row, or from the tile's stage and scaled here. Read after the wait for Q K^T, not
+  // while the products are issued: ptxas interleaves independent instructions with the HGMMAs,
+  // and the multiplies waiting on these loads then held back the last Q K^T step and P V
+  // (perf-notes v5c).
+  template <bool kBiasRow>
+  __device__ __forceinline__ void load_bias(float (&bias)[kBiasRegs], int tile, int stage,
                                             float bias_log2) const {
     if constexpr (C::Bias::kHasBias) {
-      const u32 base = bias_lane + stage * C::kBlockN * 4;
+      const u32 base = bias_lane + (kBiasRow ? tile : stage) * C::kBlockN * 4;
 #pragma unroll
       for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
         dev::lds_f32x2(base + nt * 32, bias[2 * nt], bias[2 * nt + 1]);
       }
+      if constexpr (!kBiasRow) {
 #pragma unroll
-      for (int i = 0; i < kBiasRegs; ++i) bias[i] *= bias_log2;
+        for (int i = 0; i < kBiasRegs; ++i) bias[i] *= bias_log2;
+      }
+    }
+  }
+  // The bias-row mode's fill: this CTA's bias for keys [0, n_keys), times w_disc log2(e), into
+  // the bias area, by every thread while the query tile's TMA is in flight (published by the
+  // barrier after the gate pass). Keys past seqlen_k hold 0; their scores are masked. Rows start
+  // on 16 bytes (the TMA kernel's precondition), so whole float4s are read where all four keys
+  // exist.
+  __device__ __forceinline__ void fill_bias_row(int n_keys, float bias_log2) const {
+    if (n_keys > p.bias_row_keys) __trap();  // a launch whose bias area is too small
+    const float* src = p.bias + bias_off;
+    const int seqlen_k = p.seqlen_k;
+    float* dst = reinterpret_cast<float*>(dev::shared_to_generic(smem_s + C::kBiasOffset));
+    constexpr int kUnroll = 4;  // loads in flight per thread before its first store
+    constexpr int kStride = C::kThreads * 4;
+    for (int i0 = tid * 4; i0 < n_keys; i0 += kStride * kUnroll) {
+      float4 v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = i0 + u * kStride;
+        v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < n_keys) {
+          if (i + 3 < seqlen_k) {
+            v[u] = __ldg(reinterpret_cast<const float4*>(src + i));
+          } else {
+            if (i < seqlen_k) v[u].x = src[i];
+            if (i + 1 < seqlen_k) v[u].y = src[i + 1];
+            if (i + 2 < seqlen_k) v[u].z = src[i + 2];
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = i0 + u * kStride;
+        if (i < n_keys) {
+          *reinterpret_cast<float4*>(dst + i) = make_float4(
+              v[u].x * bias_log2, v[u].y * bias_log2, v[u].z * bias_log2, v[u].w * bias_log2);
+        }
+      }
     }
   }
   // The softmax of one key tile (wgmma_fwd_steps.cuh) with this tile's preloaded bias pairs.
@@ -298,6 +348,17 @@ struct TmaFwdKernel {
   }
 
   __device__ void run() {
+    if constexpr (C::Bias::kHasBias) {
+      if (p.bias_row_keys > 0) {
+        run_tiles<true>();
+        return;
+      }
+    }
+    run_tiles<false>();
+  }
+
+  template <bool kBiasRow>
+  __device__ __forceinline__ void run_tiles() {
     // The gates first: their global loads then overlap the barrier setup and the query tile's
     // TMA instead of starting after its wait. Only the ones the spec uses (a plain kernel loads
     // w_std alone, as before).
@@ -330,10 +391,12 @@ struct TmaFwdKernel {
     }
     zero_padding_groups();
     __syncthreads();  // barriers initialised; constant groups written before any box lands
+    const float bias_log2 = C::Bias::kHasBias ? w_disc * 1.4426950408889634f : 0.f;
     if (tid == 0) {
       issue_query();
-      for (int s = 0; s < C::kStages - 2 && s < n_tiles; ++s) issue_kv(s, s);
+      for (int s = 0; s < C::kStages - 2 && s < n_tiles; ++s) issue_kv<kBiasRow>(s, s);
     }
+    if constexpr (kBiasRow) fill_bias_row(n_tiles * C::kBlockN, bias_log2);
     dev::mbarrier_wait(query_barrier(), 0);
     scale_query_by_gates(w_std, w_rec);
     dev::fence_proxy_async_shared();  // gated Q, ones and zeros -> wgmma's proxy
@@ -345,20 +408,19 @@ struct TmaFwdKernel {
     float row_max[2] = {-__int_as_float(0x7f800000), -__int_as_float(0x7f800000)};
     float row_sum[2] = {0.f, 0.f};
     const int warp_row0 = m0 + (tid / 32) * 16;
-    const float bias_log2 = C::Bias::kHasBias ? w_disc * 1.4426950408889634f : 0.f;
     float bias[kBiasRegs];
 
     float s[C::kSRegs];
     u32 pa[C::kPvSteps][4];
     int stage = 0;
     if (n_tiles > 0) {
-      advance_pipeline(0, 0, n_tiles);
+      advance_pipeline<kBiasRow>(0, 0, n_tiles);
       dev::wgmma_fence();
       issue_qk(s, 0);
       dev::wgmma_commit();
       dev::wgmma_wait<0>();
       dev::fence_registers(s);
-      load_bias(bias, 0, bias_log2);
+      load_bias<kBiasRow>(bias, 0, 0, bias_log2);
       float correction[2];
       softmax(s, bias, 0, warp_row0, diag, row_max, row_sum, correction);
       wgmma_fwd::pack_p<C>(pa, s);
@@ -366,7 +428,7 @@ struct TmaFwdKernel {
     for (int tile = 1; tile < n_tiles; ++tile) {
       const int prev_stage = stage;
       stage = wrap_stage(stage + 1);
-      advance_pipeline(tile, stage, n_tiles);
+      advance_pipeline<kBiasRow>(tile, stage, n_tiles);
       dev::wgmma_fence();
       issue_qk(s, stage);
       dev::wgmma_commit();
@@ -374,7 +436,7 @@ struct TmaFwdKernel {
       dev::wgmma_commit();
       dev::wgmma_wait<1>();
       dev::fence_registers(s);
-      load_bias(bias, stage, bias_log2);
+      load_bias<kBiasRow>(bias, tile, stage, bias_log2);
       float correction[2];
       softmax(s, bias, tile, warp_row0, diag, row_max, row_sum, correction);
       dev::wgmma_wait_all_after(row_sum[0], row_sum[1], smem_s + C::kBarrierOffset,

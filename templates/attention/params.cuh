@@ -31,6 +31,10 @@ struct FwdParams {
   int batch, heads, seqlen_q, seqlen_k;
   float scale_log2;  // scale * log2(e): softmax runs in base 2
   int num_m_blocks;
+  // The TMA kernel's bias-row mode (limits.cuh): > 0 = the launch's bias area holds this many
+  // keys (>= seqlen_k rounded up to block_n) and each CTA keeps its whole scaled bias row there;
+  // 0 = one bias vector per stage. Other kernels ignore it.
+  int bias_row_keys;
 };
 
 /// A TMA tensor map (CUtensorMap): 128 opaque bytes the driver encodes on the host

@@ -1,10 +1,12 @@
-/// Host tests for tma_kind_for(): when a forward call may run the TMA kernels, and which layout.
+/// Host tests for tma_kind_for() (when a forward call may run the TMA kernels, and which layout)
+/// and for the bias-row mode's shared-memory rule.
 #include <doctest/doctest.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 
+#include "templates/attention/limits.cuh"
 #include "tuner/tma_maps.hpp"
 
 using rajit::gen::AttentionSpec;
@@ -140,4 +142,50 @@ TEST_CASE("TMA tile keys round-trip and validate like their wgmma shapes") {
   CHECK(kWgmmaTile.key() == "bm128.bn64.w8.s3.wgmma");
   CHECK(rajit::gen::parse_tile_key("bm128.bn64.w8.s3.tmafold").mma == MmaKind::kTmaFolded);
   CHECK_THROWS_AS(rajit::gen::parse_tile_key("bm128.bn64.w8.s3.tmax"), rajit::gen::SpecError);
+}
+
+// The bias-row mode keeps a CTA's whole scaled bias row in shared memory when it fits without
+// lowering the tile's CTAs per SM (228 KiB per SM, 1 KiB reserved per CTA, 227 KiB per CTA).
+TEST_CASE("bias-row mode: the row's capacity is the most whole key tiles that keep the CTAs per "
+          "SM") {
+  namespace attn = rajit::attn;
+  struct Tile {
+    int d_std, r, head_dim, block_m, block_n, warps, stages;
+    bool folded;
+  };
+  const Tile tiles[] = {
+      {56, 8, 64, 128, 64, 8, 4, true},   {56, 8, 64, 128, 64, 8, 4, false},
+      {56, 8, 64, 128, 64, 8, 3, true},   {64, 0, 64, 128, 128, 8, 2, true},
+      {120, 8, 128, 192, 64, 12, 4, true}, {120, 8, 128, 128, 64, 8, 3, false},
+      {248, 8, 256, 64, 64, 4, 2, true},
+  };
+  for (const Tile& t : tiles) {
+    CAPTURE(t.head_dim);
+    CAPTURE(t.block_m);
+    CAPTURE(t.stages);
+    CAPTURE(t.folded);
+    const int per_tile = attn::tma_fwd_shared_bytes(t.d_std, t.r, t.head_dim, t.block_m,
+                                                    t.block_n, t.stages, true, t.folded);
+    const int blocks = attn::tma_fwd_min_blocks(t.head_dim, t.block_n, t.warps, per_tile);
+    const int cap = attn::tma_fwd_bias_row_capacity(t.d_std, t.r, t.head_dim, t.block_m,
+                                                    t.block_n, t.warps, t.stages, t.folded,
+                                                    kHopperSmem);
+    CAPTURE(cap);
+    CHECK(cap % t.block_n == 0);
+    const auto bytes = [&](int keys) {
+      return attn::tma_fwd_bias_row_shared_bytes(t.d_std, t.r, t.head_dim, t.block_m, t.block_n,
+                                                 t.stages, t.folded, keys);
+    };
+    const auto fits = [&](int keys) {
+      return bytes(keys) <= kHopperSmem && blocks * (bytes(keys) + 1024) <= 228 * 1024;
+    };
+    if (cap > 0) CHECK(fits(cap));
+    CHECK_FALSE(fits(cap + t.block_n));
+    // The row replaces the per-stage vectors: with one stage's worth of keys it is no larger.
+    CHECK(bytes(t.stages * t.block_n) == per_tile);
+  }
+  // The seeds' tile: rows up to 8128 keys (T = 4096 fits; T = 8192 runs the per-stage vectors).
+  CHECK(attn::tma_fwd_bias_row_capacity(56, 8, 64, 128, 64, 8, 4, true, kHopperSmem) == 8128);
+  // The d128 benchmark tile holds one CTA per SM and rows up to 12736 keys.
+  CHECK(attn::tma_fwd_bias_row_capacity(120, 8, 128, 192, 64, 12, 4, true, kHopperSmem) == 12736);
 }
