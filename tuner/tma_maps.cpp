@@ -163,7 +163,7 @@ gen::MmaKind tma_kind_for(const ForwardArgs& a, const gen::TileConfig& wgmma_til
   return folded ? gen::MmaKind::kTmaFolded : gen::MmaKind::kTma;
 }
 
-// Encoding the five or six maps costs the driver about 5 us; a loop that calls forward() on the
+// Encoding the five to eight maps costs the driver about 5 us; a loop that calls forward() on the
 // same tensors (inference, benchmarks) reuses them from a small per-thread cache instead.
 attn::FwdTmaMaps encode_tma_maps(const ForwardArgs& a, const gen::TileConfig& tile) {
   struct Entry {
@@ -198,6 +198,10 @@ attn::FwdTmaMaps encode_all(const ForwardArgs& a, const gen::TileConfig& tile) {
   if (!folded && s.r > 0) {
     maps.k_low = encode_tma_map(s.dtype, s.r, a.k_low, 8, tile.block_m, "k_low");
     maps.q_low = encode_tma_map(s.dtype, s.r, a.q_low, 8, tile.block_n, "q_low");
+  }
+  if (attn::tma_std_tail_groups(s.d_std, s.r, folded) > 0) {  // 8-column boxes of the std tail
+    maps.q_std_tail = encode_tma_map(s.dtype, s.d_std, a.q_std, 8, tile.block_m, "q_std (tail)");
+    maps.k_std_tail = encode_tma_map(s.dtype, s.d_std, a.k_std, 8, tile.block_n, "k_std (tail)");
   }
   if (s.bias == gen::BiasKind::kColumn) {
     const long long extent = bias_extent(a);

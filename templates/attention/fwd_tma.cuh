@@ -10,7 +10,9 @@
 //    into 128-byte-swizzled slices, exactly as a plain kernel reads K;
 //  - separate operands: k_std fills the swizzled slices (columns past d_std are the box's
 //    out-of-bounds fill, zeros) and q_low fills 8-column groups of 16-byte rows without swizzle
-//    (wgmma's "interleave" layout, one box per group), one more k16 step of Q K^T.
+//    (wgmma's "interleave" layout, one box per group), one more k16 step of Q K^T. Where d_std
+//    ends 8 columns into a k16 step (56, 120) its last 8 columns go to a group of their own before
+//    q_low's, so they share that step instead of padding one (limits.cuh, tma_std_tail_groups).
 // The bias, two ways (chosen per launch by FwdParams::bias_row_keys):
 //  - bias-row mode: every CTA reads its whole bias row once, while the query tile's TMA is in
 //    flight, scales it by w_disc log2(e) and keeps it after the mbarriers; a key tile's softmax
@@ -45,9 +47,11 @@ struct TmaFwdConfig {
   static constexpr int kSwizzledCols = tma_swizzled_cols(kDStd, kR, kFolded);
   static constexpr int kStdSlices = wgmma_slices(kSwizzledCols);
   static constexpr int kVSlices = wgmma_slices(kHeadDim);
-  static constexpr int kLowOperandGroups = tma_low_operand_groups(kR, kFolded);
-  static constexpr int kLowGroups = tma_low_groups(kR, kFolded);
-  static constexpr int kStdSteps = (kSwizzledCols + 15) / 16;  // k16 steps over the slices
+  static constexpr int kStdTailGroups = tma_std_tail_groups(kDStd, kR, kFolded);
+  static constexpr int kLowOperandGroups = tma_low_operand_groups(kDStd, kR, kFolded);
+  static constexpr int kLowGroups = tma_low_groups(kDStd, kR, kFolded);
+  static constexpr int kStdSteps = tma_std_steps(kDStd, kR, kFolded);  // k16 steps over the slices
+  static constexpr int kTailColumn = kStdSteps * 16;  // first column of the std tail group
   static constexpr int kLowSteps = kLowGroups / 2;     // k16 steps over the low part
   static constexpr int kPvSteps = kBlockN / 16;
   static constexpr int kSRegs = kBlockN / 2;
@@ -137,8 +141,14 @@ struct TmaFwdKernel {
     }
     const u32 low = base + C::kKStdBytes;
 #pragma unroll
-    for (int g = 0; g < C::kLowOperandGroups; ++g) {
-      dev::tma_load_4d(low + g * C::kBlockN * 16, &maps.q_low, bar, 8 * g, n0, h, b);
+    for (int g = 0; g < C::kStdTailGroups; ++g) {
+      dev::tma_load_4d(low + g * C::kBlockN * 16, &maps.k_std_tail, bar, C::kTailColumn + 8 * g,
+                       n0, h, b);
+    }
+#pragma unroll
+    for (int g = C::kStdTailGroups; g < C::kLowOperandGroups; ++g) {
+      dev::tma_load_4d(low + g * C::kBlockN * 16, &maps.q_low, bar, 8 * (g - C::kStdTailGroups),
+                       n0, h, b);
     }
     const u32 v = base + C::kKStdBytes + C::kKLowBytes;
 #pragma unroll
@@ -148,8 +158,7 @@ struct TmaFwdKernel {
     if constexpr (kBiasBox) dev::tma_load_2d(stage_bias(stage), &maps.bias, bar, bias_off + n0, 0);
   }
 
-  // The query tile: standard slices and k_low groups by TMA (one thread), the ones of the bias
-  // group and the zero groups by every thread.
+  // The query tile by TMA (one thread): standard slices, the q_std tail group, k_low groups.
   __device__ __forceinline__ void issue_query() const {
     const u32 bar = query_barrier();
     dev::mbarrier_arrive_expect_tx(bar, C::kQTxBytes);
@@ -157,10 +166,16 @@ struct TmaFwdKernel {
     for (int s = 0; s < C::kStdSlices; ++s) {
       dev::tma_load_4d(smem_s + s * C::kBlockM * 128, &maps.q_std, bar, 64 * s, m0, h, b);
     }
+    const u32 low = smem_s + C::kQStdBytes;
 #pragma unroll
-    for (int g = 0; g < C::kLowOperandGroups; ++g) {
-      dev::tma_load_4d(smem_s + C::kQStdBytes + g * C::kBlockM * 16, &maps.k_low, bar, 8 * g, m0,
-                       h, b);
+    for (int g = 0; g < C::kStdTailGroups; ++g) {
+      dev::tma_load_4d(low + g * C::kBlockM * 16, &maps.q_std_tail, bar, C::kTailColumn + 8 * g,
+                       m0, h, b);
+    }
+#pragma unroll
+    for (int g = C::kStdTailGroups; g < C::kLowOperandGroups; ++g) {
+      dev::tma_load_4d(low + g * C::kBlockM * 16, &maps.k_low, bar, 8 * (g - C::kStdTailGroups),
+                       m0, h, b);
     }
   }
   // Groups of the low part that no box writes (padding to a whole k16 step) are zero on both
@@ -180,7 +195,8 @@ struct TmaFwdKernel {
       }
     }
   }
-  // Multiplies the staged query tile by its gates once (w_std on q_std, w_rec on k_low).
+  // Multiplies the staged query tile by its gates once (w_std on q_std and its tail group, w_rec
+  // on k_low).
   __device__ __forceinline__ void scale_query_by_gates(float w_std, float w_rec) const {
     char* const base = dev::shared_to_generic(smem_s);
     if constexpr (C::kFolded) {  // both in the swizzled slices
@@ -188,9 +204,12 @@ struct TmaFwdKernel {
           base, w_std, w_rec, tid);
       return;
     }
-    if (w_std != 1.f) scale_region(base, C::kQStdBytes / 16, w_std);  // pad columns are zeros
-    if (C::kLowOperandGroups > 0 && w_rec != 1.f) {
-      scale_region(base + C::kQStdBytes, C::kLowOperandGroups * C::kBlockM, w_rec);
+    if (w_std != 1.f) {  // pad columns are zeros
+      scale_region(base, C::kQStdBytes / 16 + C::kStdTailGroups * C::kBlockM, w_std);
+    }
+    if (C::kLowOperandGroups > C::kStdTailGroups && w_rec != 1.f) {
+      scale_region(base + C::kQStdBytes + C::kStdTailGroups * C::kBlockM * 16,
+                   (C::kLowOperandGroups - C::kStdTailGroups) * C::kBlockM, w_rec);
     }
   }
   __device__ __forceinline__ void scale_region(char* base, int chunks, float w) const {
@@ -259,7 +278,8 @@ struct TmaFwdKernel {
     for (int j = 0; j < C::kLowSteps; ++j) {
       dev::wgmma_ss<C::kBlockN, E>(
           s, low_descriptor<C::kBlockM>(q_low + ((j * 2 * C::kBlockM * 16) >> 4)),
-          low_descriptor<C::kBlockN>(k_low + ((j * 2 * C::kBlockN * 16) >> 4)), 1);
+          low_descriptor<C::kBlockN>(k_low + ((j * 2 * C::kBlockN * 16) >> 4)),
+          C::kStdSteps > 0 || j > 0);
     }
   }
 

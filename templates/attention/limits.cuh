@@ -209,13 +209,26 @@ RAJIT_HOST_DEVICE constexpr unsigned check_wgmma_tile(int d_std, int r, int head
 RAJIT_HOST_DEVICE constexpr int tma_swizzled_cols(int d_std, int r, bool folded) {
   return folded ? d_std + r : d_std;
 }
-/// 8-column groups (16-byte rows, no swizzle) that q_low / k_low fill when not folded.
-RAJIT_HOST_DEVICE constexpr int tma_low_operand_groups(int r, bool folded) {
-  return folded ? 0 : (r + 7) / 8;
+/// With separate operands, the last 8 columns of q_std / k_std when d_std stops 8 columns into a
+/// k16 step and r fills an odd number of 8-column groups: those columns then share a k16 step with
+/// the low part instead of padding their own (one k16 step fewer: 3 + 1 instead of 4 + 1 at
+/// d_std 56, r 8). Elsewhere moving them saves nothing, and they stay in the swizzled slices.
+RAJIT_HOST_DEVICE constexpr int tma_std_tail_groups(int d_std, int r, bool folded) {
+  return !folded && d_std % 16 != 0 && d_std % 16 <= 8 && ((r + 7) / 8) % 2 == 1 ? 1 : 0;
+}
+/// k16 steps of Q K^T over the swizzled slices.
+RAJIT_HOST_DEVICE constexpr int tma_std_steps(int d_std, int r, bool folded) {
+  return (tma_swizzled_cols(d_std, r, folded) - 8 * tma_std_tail_groups(d_std, r, folded) + 15) /
+         16;
+}
+/// 8-column groups (16-byte rows, no swizzle) that boxes fill when not folded: the q_std / k_std
+/// tail group, if any, then q_low / k_low.
+RAJIT_HOST_DEVICE constexpr int tma_low_operand_groups(int d_std, int r, bool folded) {
+  return folded ? 0 : tma_std_tail_groups(d_std, r, folded) + (r + 7) / 8;
 }
 /// Those groups padded to whole k16 steps.
-RAJIT_HOST_DEVICE constexpr int tma_low_groups(int r, bool folded) {
-  return round_up(tma_low_operand_groups(r, folded), 2);
+RAJIT_HOST_DEVICE constexpr int tma_low_groups(int d_std, int r, bool folded) {
+  return round_up(tma_low_operand_groups(d_std, r, folded), 2);
 }
 inline constexpr int kTmaBarrierBytes = 128;  // 2 per stage (landed, released) + the query's
 
@@ -227,7 +240,7 @@ RAJIT_HOST_DEVICE constexpr int tma_fwd_shared_bytes_before_bias(int d_std, int 
                                                                  int block_m, int block_n,
                                                                  int stages, bool folded) {
   const int slices = wgmma_slices(tma_swizzled_cols(d_std, r, folded));
-  const int groups = tma_low_groups(r, folded);
+  const int groups = tma_low_groups(d_std, r, folded);
   const int q = block_m * slices * 128 + groups * block_m * 16;
   const int o = block_m * wgmma_slices(head_dim) * 128;
   const int per_stage = block_n * slices * 128 + round_up(groups * block_n * 16, 1024) +

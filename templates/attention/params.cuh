@@ -46,9 +46,10 @@ struct alignas(64) TmaMap {
 /// The TMA forward's second argument: one map per operand it loads, 4-D (columns, rows, heads,
 /// batches), and the bias as one 1-D fp32 array (a row starts at b * batch stride + h * head
 /// stride). With folded operands q_std / k_std span d_std + r columns and k_low / q_low are
-/// unused; unused maps are left zero.
+/// unused; q_std_tail / k_std_tail read 8-column groups of q_std / k_std where the tail of d_std
+/// joins the low part (limits.cuh, tma_std_tail_groups). Unused maps are left zero.
 struct FwdTmaMaps {
-  TmaMap q_std, k_low, k_std, q_low, v, bias;
+  TmaMap q_std, k_low, k_std, q_low, v, bias, q_std_tail, k_std_tail;
 };
 
 }  // namespace rajit::attn

@@ -189,3 +189,33 @@ TEST_CASE("bias-row mode: the row's capacity is the most whole key tiles that ke
   // The d128 benchmark tile holds one CTA per SM and rows up to 12736 keys.
   CHECK(attn::tma_fwd_bias_row_capacity(120, 8, 128, 192, 64, 12, 4, true, kHopperSmem) == 12736);
 }
+
+// Separate operands: where d_std ends 8 columns into a k16 step and r fills an odd number of
+// 8-column groups, d_std's last 8 columns join the low part and Q K^T takes one k16 step fewer.
+TEST_CASE("separate operands: the std tail joins the low groups exactly where it saves a k16 step") {
+  namespace attn = rajit::attn;
+  CHECK(attn::tma_std_tail_groups(56, 8, false) == 1);
+  CHECK(attn::tma_std_steps(56, 8, false) == 3);
+  CHECK(attn::tma_low_groups(56, 8, false) == 2);
+  CHECK(attn::tma_std_tail_groups(120, 8, false) == 1);
+  CHECK(attn::tma_std_steps(120, 8, false) == 7);
+  CHECK(attn::tma_std_tail_groups(56, 8, true) == 0);    // folded: one swizzled row, no groups
+  CHECK(attn::tma_std_steps(56, 8, true) == 4);
+  CHECK(attn::tma_std_tail_groups(60, 4, false) == 0);   // 12 columns into the step
+  CHECK(attn::tma_std_tail_groups(56, 16, false) == 0);  // r fills two groups: no saving
+  CHECK(attn::tma_std_tail_groups(8, 8, false) == 1);    // no swizzled step at all
+  CHECK(attn::tma_std_steps(8, 8, false) == 0);
+  for (int d_std = 8; d_std <= 256; d_std += 4) {
+    for (int r = 1; r <= 128; ++r) {
+      CAPTURE(d_std);
+      CAPTURE(r);
+      const int before = (d_std + 15) / 16 + ((r + 7) / 8 + 1) / 2;
+      const int steps = attn::tma_std_steps(d_std, r, false) + attn::tma_low_groups(d_std, r, false) / 2;
+      if (attn::tma_std_tail_groups(d_std, r, false) > 0) {
+        CHECK(steps == before - 1);
+      } else {
+        CHECK(steps == before);
+      }
+    }
+  }
+}
