@@ -218,20 +218,15 @@ LaunchRecord forward(const ForwardArgs& a) {
     throw ArgumentError({fmt::format("seqlen_q={}: needs {} query blocks of {}, at most {}",
                                      shape.seqlen_q, p.num_m_blocks, tile.block_m, kMaxGridY)});
   }
-  // The TMA kernel keeps each CTA's scaled bias row in shared memory when the row fits without
-  // costing a CTA per SM (limits.cuh); the launch then sizes that area.
+  // The TMA kernel keeps the scaled bias of each CTA's first key tiles (all of them when they
+  // fit) in shared memory after its per-stage vectors; the launch sizes that row (limits.cuh).
   int shared_bytes = entry.shared_bytes;
   if (gen::is_tma(tile.mma) && s.bias == gen::BiasKind::kColumn) {
-    const bool folded = tile.mma == gen::MmaKind::kTmaFolded;
-    const int row_keys = attn::round_up(shape.seqlen_k, tile.block_n);
-    if (row_keys <= attn::tma_fwd_bias_row_capacity(s.d_std, s.r, s.head_dim, tile.block_m,
-                                                    tile.block_n, tile.warps, tile.stages,
-                                                    folded, dev.max_shared)) {
-      p.bias_row_keys = row_keys;
-      shared_bytes = attn::tma_fwd_bias_row_shared_bytes(s.d_std, s.r, s.head_dim, tile.block_m,
-                                                         tile.block_n, tile.stages, folded,
-                                                         row_keys);
-    }
+    const int capacity = attn::tma_fwd_bias_row_capacity(
+        s.d_std, s.r, s.head_dim, tile.block_m, tile.block_n, tile.warps, tile.stages,
+        tile.mma == gen::MmaKind::kTmaFolded, dev.max_shared);
+    p.bias_row_keys = attn::tma_fwd_bias_row_keys(shape.seqlen_k, tile.block_n, capacity);
+    shared_bytes += p.bias_row_keys * 4;
   }
   attn::FwdTmaMaps maps{};
   void* args[] = {&p, &maps};
@@ -239,7 +234,7 @@ LaunchRecord forward(const ForwardArgs& a) {
   rt::launch(entry.kernel, static_cast<unsigned>(shape.batch * shape.heads),
              static_cast<unsigned>(p.num_m_blocks), 1, static_cast<unsigned>(tile.warps * 32),
              static_cast<unsigned>(shared_bytes), a.stream, args);
-  return {tile, entry.kernel.name, decision.source, entry.from_bundle, p.bias_row_keys > 0};
+  return {tile, entry.kernel.name, decision.source, entry.from_bundle, p.bias_row_keys};
 }
 
 }  // namespace rajit::tune

@@ -63,7 +63,7 @@ struct LaunchRecord {
   std::string kernel;  ///< entry name
   TileSource source = TileSource::kHeuristic;  ///< why this tile
   bool from_bundle = false;                    ///< the cubin came from the active bundle
-  bool bias_row = false;  ///< the TMA kernel kept each CTA's bias row in shared memory
+  int bias_row_keys = 0;  ///< keys whose scaled bias each CTA kept in shared memory (TMA)
 };
 
 /// Computes O (and LSE) for `args` on args.stream, on the device that owns args.q_std.ptr, in

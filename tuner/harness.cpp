@@ -204,7 +204,7 @@ CheckResult run_forward_check(const CheckOptions& opt) {
   CheckResult res;
   res.kernel = rec.kernel;
   res.tile = rec.tile;
-  res.bias_row = rec.bias_row;
+  res.bias_row_keys = rec.bias_row_keys;
   res.tolerance = dt == gen::Dtype::kFp16 ? 2e-3 : 8e-3;
   if (opt.check) {
     std::vector<std::uint16_t> o(o_elems);

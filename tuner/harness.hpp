@@ -38,7 +38,7 @@ struct CheckOptions {
 struct CheckResult {
   std::string kernel;
   gen::TileConfig tile;
-  bool bias_row = false;     ///< LaunchRecord::bias_row of the checked call
+  int bias_row_keys = 0;     ///< LaunchRecord::bias_row_keys of the checked call
   double rel_err_o = 0;      ///< |o - ref|_F / |ref|_F
   double max_abs_err_lse = 0;
   long long unwritten = 0;   ///< output elements still holding the poison

@@ -13,12 +13,13 @@
 //    (wgmma's "interleave" layout, one box per group), one more k16 step of Q K^T. Where d_std
 //    ends 8 columns into a k16 step (56, 120) its last 8 columns go to a group of their own before
 //    q_low's, so they share that step instead of padding one (limits.cuh, tma_std_tail_groups).
-// The bias, two ways (chosen per launch by FwdParams::bias_row_keys):
-//  - bias-row mode: every CTA reads its whole bias row once, while the query tile's TMA is in
-//    flight, scales it by w_disc log2(e) and keeps it after the mbarriers; a key tile's softmax
-//    then reads ready values (no box, no multiply per tile: perf-notes v7);
-//  - per-tile mode, for rows too long to keep: the bias vector of a key tile arrives with the
-//    tile by TMA and is read and scaled after the wait for Q K^T.
+// The bias, two ways:
+//  - the bias row: every CTA reads the bias of its first FwdParams::bias_row_keys keys (all of
+//    them when the launch's shared memory allows) once, while the query tile's TMA is in flight,
+//    scales it by w_disc log2(e) and keeps it; those key tiles' softmax reads ready values (no
+//    box, no multiply per tile: perf-notes v7);
+//  - key tiles past the row: the tile's bias vector arrives with it by TMA into its stage and is
+//    read and scaled after the wait for Q K^T.
 #pragma once
 #include "attention/limits.cuh"
 #include "attention/params.cuh"
@@ -58,7 +59,7 @@ struct TmaFwdConfig {
   static constexpr int kORegs = kHeadDim / 2;
   // Shared memory, bytes from a 1024-aligned base:
   // [Q std | Q low | (O staging aliases Q)] [stage: K std | K low | V] ... [mbarriers]
-  // [bias: one vector per stage, or the bias row whose size the launch sets]
+  // [bias: one vector per stage] [bias row: bias_row_keys fp32, sized by the launch]
   static constexpr int kQStdBytes = kBlockM * kStdSlices * 128;
   static constexpr int kQLowBytes = kLowGroups * kBlockM * 16;
   static constexpr int kOBytes = kBlockM * kVSlices * 128;
@@ -70,10 +71,11 @@ struct TmaFwdConfig {
   static constexpr int kStageBytes = kKStdBytes + kKLowBytes + kVBytes;
   static constexpr int kBarrierOffset = kQoBytes + kStages * kStageBytes;
   static constexpr int kBiasOffset = kBarrierOffset + kTmaBarrierBytes;
-  static constexpr int kBiasBytes = Bias::kHasBias ? kStages * kBlockN * 4 : 0;  // per-tile mode
-  static constexpr int kSharedBytes = 1024 + kBiasOffset + kBiasBytes;
+  static constexpr int kBiasBytes = Bias::kHasBias ? kStages * kBlockN * 4 : 0;
+  static constexpr int kRowOffset = kBiasOffset + kBiasBytes;
+  static constexpr int kSharedBytes = 1024 + kRowOffset;  // + the launch's bias row
   // Bytes each stage's boxes deliver (out-of-bounds fill included, as TMA counts it), without
-  // the per-tile mode's bias vector.
+  // the bias vector of a tile past the bias row.
   static constexpr int kStageTxBytes = kKStdBytes + kLowOperandGroups * kBlockN * 16 + kVBytes;
   static constexpr int kQTxBytes = kQStdBytes + kLowOperandGroups * kBlockM * 16;
   static constexpr int kMinBlocksPerSm = tma_fwd_min_blocks(kHeadDim, kBlockN, kWarps,
@@ -90,7 +92,8 @@ struct TmaFwdConfig {
                                                      kStages, Bias::kHasBias, kFolded),
                 "limits.cuh and the kernel disagree on the shared-memory layout");
   static_assert(2 * kStages + 1 <= kTmaBarrierBytes / 8, "no room for the mbarriers");
-  static_assert(kBiasOffset % 16 == 0, "the bias area takes 16-byte stores and TMA boxes");
+  static_assert(kBiasOffset % 16 == 0 && kRowOffset % 16 == 0,
+                "the bias areas take TMA boxes and 16-byte stores");
 };
 
 template <class Config>
@@ -104,8 +107,7 @@ struct TmaFwdKernel {
   int tid;
   int b, h, m0;
   int bias_off;  // b * bias_batch_stride + h * bias_head_stride: this CTA's bias row
-  u32 bias_lane;  // this thread's first bias pair in the bias area (its lane's two columns of n8
-                  // tile 0 of stage 0, or of key tile 0 in the bias-row mode)
+  u32 bias_lane;  // this thread's first bias pair in stage 0 (its lane's two columns of n8 tile 0)
   // Address fields (>> 4) of this warpgroup's Q rows (standard and low part) and of stage 0's K
   // and V; k-steps and stages are compile-time offsets added to them.
   u32 q_desc0, q_low_desc0, k_desc0, v_desc0;
@@ -122,19 +124,23 @@ struct TmaFwdKernel {
   __device__ __forceinline__ u32 query_barrier() const {
     return smem_s + C::kBarrierOffset + 8 * (2 * C::kStages);
   }
+  // Key tiles whose bias is in the row; read from the parameter (constant bank, uniform
+  // registers) where needed rather than held.
+  __device__ __forceinline__ int row_tiles() const {
+    return C::Bias::kHasBias ? p.bias_row_keys / C::kBlockN : 0;
+  }
   __device__ __forceinline__ u32 stage_bias(int stage) const {
     return smem_s + C::kBiasOffset + stage * C::kBlockN * 4;
   }
 
   // Starts the boxes of key tile `tile` into `stage` (one thread); they complete on its landed
-  // barrier, which expects their bytes. The per-tile mode adds the tile's bias vector.
-  template <bool kBiasRow>
+  // barrier, which expects their bytes. A tile past the bias row brings its bias vector.
   __device__ __forceinline__ void issue_kv(int tile, int stage) const {
-    constexpr bool kBiasBox = C::Bias::kHasBias && !kBiasRow;
+    const bool bias_box = C::Bias::kHasBias && tile >= row_tiles();
     const int n0 = tile * C::kBlockN;
     const u32 base = stage_base(stage);
     const u32 bar = landed_barrier(stage);
-    dev::mbarrier_arrive_expect_tx(bar, C::kStageTxBytes + (kBiasBox ? C::kBlockN * 4 : 0));
+    dev::mbarrier_arrive_expect_tx(bar, C::kStageTxBytes + (bias_box ? C::kBlockN * 4 : 0));
 #pragma unroll
     for (int s = 0; s < C::kStdSlices; ++s) {
       dev::tma_load_4d(base + s * C::kBlockN * 128, &maps.k_std, bar, 64 * s, n0, h, b);
@@ -155,7 +161,7 @@ struct TmaFwdKernel {
     for (int s = 0; s < C::kVSlices; ++s) {
       dev::tma_load_4d(v + s * C::kBlockN * 128, &maps.v, bar, 64 * s, n0, h, b);
     }
-    if constexpr (kBiasBox) dev::tma_load_2d(stage_bias(stage), &maps.bias, bar, bias_off + n0, 0);
+    if (bias_box) dev::tma_load_2d(stage_bias(stage), &maps.bias, bar, bias_off + n0, 0);
   }
 
   // The query tile by TMA (one thread): standard slices, the q_std tail group, k_low groups.
@@ -244,7 +250,6 @@ struct TmaFwdKernel {
     return s >= C::kStages ? s - C::kStages : s;
   }
   // Makes tile `tile` (in `stage`) resident and starts tile + kStages - 2.
-  template <bool kBiasRow>
   __device__ __forceinline__ void advance_pipeline(int tile, int stage, int n_tiles) const {
     const int next = tile + C::kStages - 2;
     const int next_stage = wrap_stage(stage + C::kStages - 2);
@@ -253,12 +258,12 @@ struct TmaFwdKernel {
         if (next >= C::kStages) {
           dev::mbarrier_wait(released_barrier(next_stage), (next / C::kStages - 1) & 1);
         }
-        issue_kv<kBiasRow>(next, next_stage);
+        issue_kv(next, next_stage);
       }
       __syncwarp();  // wgmma needs the warp converged again
     } else {
       __syncthreads();  // every warpgroup finished P V of tile - 2: its stage is free
-      if (tid == 0 && next < n_tiles) issue_kv<kBiasRow>(next, next_stage);
+      if (tid == 0 && next < n_tiles) issue_kv(next, next_stage);
       __syncwarp();
     }
     dev::mbarrier_wait(landed_barrier(stage), (tile / C::kStages) & 1);
@@ -302,7 +307,8 @@ struct TmaFwdKernel {
   __device__ __forceinline__ void load_bias(float (&bias)[kBiasRegs], int tile, int stage,
                                             float bias_log2) const {
     if constexpr (C::Bias::kHasBias) {
-      const u32 base = bias_lane + (kBiasRow ? tile : stage) * C::kBlockN * 4;
+      const u32 base = kBiasRow ? bias_lane + (C::kRowOffset - C::kBiasOffset) + tile * C::kBlockN * 4
+                                : bias_lane + stage * C::kBlockN * 4;
 #pragma unroll
       for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
         dev::lds_f32x2(base + nt * 32, bias[2 * nt], bias[2 * nt + 1]);
@@ -313,16 +319,14 @@ struct TmaFwdKernel {
       }
     }
   }
-  // The bias-row mode's fill: this CTA's bias for keys [0, n_keys), times w_disc log2(e), into
-  // the bias area, by every thread while the query tile's TMA is in flight (published by the
-  // barrier after the gate pass). Keys past seqlen_k hold 0; their scores are masked. Rows start
-  // on 16 bytes (the TMA kernel's precondition), so whole float4s are read where all four keys
-  // exist.
+  // The bias row: this CTA's bias for keys [0, n_keys), times w_disc log2(e), by every thread
+  // while the query tile's TMA is in flight (published by the barrier after the gate pass). Keys
+  // past seqlen_k hold 0; their scores are masked. Rows start on 16 bytes (the TMA kernel's
+  // precondition), so whole float4s are read where all four keys exist.
   __device__ __forceinline__ void fill_bias_row(int n_keys, float bias_log2) const {
-    if (n_keys > p.bias_row_keys) __trap();  // a launch whose bias area is too small
     const float* src = p.bias + bias_off;
     const int seqlen_k = p.seqlen_k;
-    float* dst = reinterpret_cast<float*>(dev::shared_to_generic(smem_s + C::kBiasOffset));
+    float* dst = reinterpret_cast<float*>(dev::shared_to_generic(smem_s + C::kRowOffset));
     constexpr int kUnroll = 4;  // loads in flight per thread before its first store
     constexpr int kStride = C::kThreads * 4;
     for (int i0 = tid * 4; i0 < n_keys; i0 += kStride * kUnroll) {
@@ -368,17 +372,6 @@ struct TmaFwdKernel {
   }
 
   __device__ void run() {
-    if constexpr (C::Bias::kHasBias) {
-      if (p.bias_row_keys > 0) {
-        run_tiles<true>();
-        return;
-      }
-    }
-    run_tiles<false>();
-  }
-
-  template <bool kBiasRow>
-  __device__ __forceinline__ void run_tiles() {
     // The gates first: their global loads then overlap the barrier setup and the query tile's
     // TMA instead of starting after its wait. Only the ones the spec uses (a plain kernel loads
     // w_std alone, as before).
@@ -393,6 +386,8 @@ struct TmaFwdKernel {
       n_end = last_visible + 1 < seqlen_k ? last_visible + 1 : seqlen_k;
     }
     const int n_tiles = n_end > 0 ? (n_end + C::kBlockN - 1) / C::kBlockN : 0;
+    // Key tiles [0, row_end) read the bias row, [row_end, n_tiles) their stage's vector.
+    const int row_end = row_tiles() < n_tiles ? row_tiles() : n_tiles;
     const int group = tid / 128;
     q_desc0 = static_cast<u32>(dev::sw128_descriptor(smem_s + group * 64 * 128, 0, 0));
     q_low_desc0 = static_cast<u32>(
@@ -414,9 +409,9 @@ struct TmaFwdKernel {
     const float bias_log2 = C::Bias::kHasBias ? w_disc * 1.4426950408889634f : 0.f;
     if (tid == 0) {
       issue_query();
-      for (int s = 0; s < C::kStages - 2 && s < n_tiles; ++s) issue_kv<kBiasRow>(s, s);
+      for (int s = 0; s < C::kStages - 2 && s < n_tiles; ++s) issue_kv(s, s);
     }
-    if constexpr (kBiasRow) fill_bias_row(n_tiles * C::kBlockN, bias_log2);
+    if (C::Bias::kHasBias && row_end > 0) fill_bias_row(row_end * C::kBlockN, bias_log2);
     dev::mbarrier_wait(query_barrier(), 0);
     scale_query_by_gates(w_std, w_rec);
     dev::fence_proxy_async_shared();  // gated Q, ones and zeros -> wgmma's proxy
@@ -433,22 +428,24 @@ struct TmaFwdKernel {
     float s[C::kSRegs];
     u32 pa[C::kPvSteps][4];
     int stage = 0;
-    if (n_tiles > 0) {
-      advance_pipeline<kBiasRow>(0, 0, n_tiles);
+    // The first key tile: Q K^T alone. The others: Q K^T of this tile issued with P V of the
+    // previous one, the softmax overlapping P V. One copy of each per source of the bias.
+    const auto first_tile = [&](auto from_row) {
+      advance_pipeline(0, 0, n_tiles);
       dev::wgmma_fence();
       issue_qk(s, 0);
       dev::wgmma_commit();
       dev::wgmma_wait<0>();
       dev::fence_registers(s);
-      load_bias<kBiasRow>(bias, 0, 0, bias_log2);
+      load_bias<decltype(from_row)::value>(bias, 0, 0, bias_log2);
       float correction[2];
       softmax(s, bias, 0, warp_row0, diag, row_max, row_sum, correction);
       wgmma_fwd::pack_p<C>(pa, s);
-    }
-    for (int tile = 1; tile < n_tiles; ++tile) {
+    };
+    const auto next_tile = [&](auto from_row, int tile) {
       const int prev_stage = stage;
       stage = wrap_stage(stage + 1);
-      advance_pipeline<kBiasRow>(tile, stage, n_tiles);
+      advance_pipeline(tile, stage, n_tiles);
       dev::wgmma_fence();
       issue_qk(s, stage);
       dev::wgmma_commit();
@@ -456,7 +453,7 @@ struct TmaFwdKernel {
       dev::wgmma_commit();
       dev::wgmma_wait<1>();
       dev::fence_registers(s);
-      load_bias<kBiasRow>(bias, tile, stage, bias_log2);
+      load_bias<decltype(from_row)::value>(bias, tile, stage, bias_log2);
       float correction[2];
       softmax(s, bias, tile, warp_row0, diag, row_max, row_sum, correction);
       dev::wgmma_wait_all_after(row_sum[0], row_sum[1], smem_s + C::kBarrierOffset,
@@ -465,7 +462,19 @@ struct TmaFwdKernel {
       if (C::kStageBarriers) dev::mbarrier_arrive(released_barrier(prev_stage));
       wgmma_fwd::pack_p<C>(pa, s);
       wgmma_fwd::rescale_o<C>(o_acc, correction);
+    };
+    int tile = 1;
+    if constexpr (C::Bias::kHasBias) {
+      if (row_end > 0) {
+        first_tile(dev::BoolConstant<true>{});
+        for (; tile < row_end; ++tile) next_tile(dev::BoolConstant<true>{}, tile);
+      } else if (n_tiles > 0) {
+        first_tile(dev::BoolConstant<false>{});
+      }
+    } else if (n_tiles > 0) {
+      first_tile(dev::BoolConstant<false>{});
     }
+    for (; tile < n_tiles; ++tile) next_tile(dev::BoolConstant<false>{}, tile);
     if (n_tiles > 0) {
       dev::wgmma_fence();
       issue_pv(o_acc, pa, stage);

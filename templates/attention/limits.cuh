@@ -232,28 +232,20 @@ RAJIT_HOST_DEVICE constexpr int tma_low_groups(int d_std, int r, bool folded) {
 }
 inline constexpr int kTmaBarrierBytes = 128;  // 2 per stage (landed, released) + the query's
 
-/// Shared memory of a TMA forward tile without its bias area (mirrors attention/fwd_tma.cuh):
-/// alignment slack, the query tile (swizzled slices, low groups; O staging aliases it), per stage
-/// K (slices, low groups) and V, then the mbarriers. Swizzled regions start 1024-byte aligned;
-/// the bias area follows the mbarriers.
-RAJIT_HOST_DEVICE constexpr int tma_fwd_shared_bytes_before_bias(int d_std, int r, int head_dim,
-                                                                 int block_m, int block_n,
-                                                                 int stages, bool folded) {
+/// Shared memory of a TMA forward tile as compiled (mirrors attention/fwd_tma.cuh): alignment
+/// slack, the query tile (swizzled slices, low groups; O staging aliases it), per stage K
+/// (slices, low groups) and V, the mbarriers, then with a bias one bias vector per stage.
+/// Swizzled regions start 1024-byte aligned. A launch in the bias-row mode adds the row after it.
+RAJIT_HOST_DEVICE constexpr int tma_fwd_shared_bytes(int d_std, int r, int head_dim, int block_m,
+                                                     int block_n, int stages, bool bias,
+                                                     bool folded) {
   const int slices = wgmma_slices(tma_swizzled_cols(d_std, r, folded));
   const int groups = tma_low_groups(d_std, r, folded);
   const int q = block_m * slices * 128 + groups * block_m * 16;
   const int o = block_m * wgmma_slices(head_dim) * 128;
   const int per_stage = block_n * slices * 128 + round_up(groups * block_n * 16, 1024) +
                         block_n * wgmma_slices(head_dim) * 128;
-  return 1024 + round_up(q > o ? q : o, 1024) + stages * per_stage + kTmaBarrierBytes;
-}
-
-/// Shared memory of a TMA forward tile as compiled: with a bias, one bias vector per stage (the
-/// per-tile mode; the bias-row mode below sizes its area at launch).
-RAJIT_HOST_DEVICE constexpr int tma_fwd_shared_bytes(int d_std, int r, int head_dim, int block_m,
-                                                     int block_n, int stages, bool bias,
-                                                     bool folded) {
-  return tma_fwd_shared_bytes_before_bias(d_std, r, head_dim, block_m, block_n, stages, folded) +
+  return 1024 + round_up(q > o ? q : o, 1024) + stages * per_stage + kTmaBarrierBytes +
          (bias ? stages * block_n * 4 : 0);
 }
 
@@ -266,37 +258,33 @@ RAJIT_HOST_DEVICE constexpr int tma_fwd_min_blocks(int head_dim, int block_n, in
   return regs_fit && 2 * shared_bytes <= 228 * 1024 ? 2 : 1;
 }
 
-// The bias-row mode: instead of one bias vector per stage by TMA, each CTA reads its whole bias
-// row once (the keys it will visit), scales it by w_disc log2(e) and keeps it in shared memory,
-// so the per-tile softmax reads ready values (perf-notes v7). It fits when the row, after the
-// mbarriers, keeps the tile's CTAs per SM; longer rows run the per-stage vectors.
+// The bias-row mode: each CTA reads the bias of its first key tiles once, scales it by
+// w_disc log2(e) and keeps it in shared memory after the per-stage vectors, so those tiles'
+// softmax reads ready values (perf-notes v7); tiles past the row take the per-stage vectors by
+// TMA as before. The row holds as many whole key tiles as fit without lowering the tile's CTAs
+// per SM, up to the whole of seqlen_k.
 inline constexpr int kSm90SharedPerSm = 228 * 1024;
 inline constexpr int kSm90SharedReservedPerCta = 1024;  // the driver's per-CTA reservation
 
-/// Keys (a multiple of block_n) whose bias the bias-row mode can hold for a TMA tile with a bias:
-/// as many as fit beside the tile's other shared memory without lowering its CTAs per SM.
+/// Keys (a multiple of block_n) the bias row of a TMA tile with a bias can hold: as many as fit
+/// beside the tile's shared memory without lowering its CTAs per SM.
 RAJIT_HOST_DEVICE constexpr int tma_fwd_bias_row_capacity(int d_std, int r, int head_dim,
                                                           int block_m, int block_n, int warps,
                                                           int stages, bool folded,
                                                           int max_shared_bytes) {
-  const int blocks = tma_fwd_min_blocks(
-      head_dim, block_n, warps,
-      tma_fwd_shared_bytes(d_std, r, head_dim, block_m, block_n, stages, true, folded));
+  const int compiled =
+      tma_fwd_shared_bytes(d_std, r, head_dim, block_m, block_n, stages, true, folded);
+  const int blocks = tma_fwd_min_blocks(head_dim, block_n, warps, compiled);
   int budget = kSm90SharedPerSm / blocks - kSm90SharedReservedPerCta;
   if (budget > max_shared_bytes) budget = max_shared_bytes;
-  const int free_bytes =
-      budget - tma_fwd_shared_bytes_before_bias(d_std, r, head_dim, block_m, block_n, stages,
-                                                folded);
-  return free_bytes > 0 ? free_bytes / 4 / block_n * block_n : 0;
+  return budget > compiled ? (budget - compiled) / 4 / block_n * block_n : 0;
 }
 
-/// Shared memory of a bias-row launch holding `row_keys` keys (a multiple of block_n).
-RAJIT_HOST_DEVICE constexpr int tma_fwd_bias_row_shared_bytes(int d_std, int r, int head_dim,
-                                                              int block_m, int block_n,
-                                                              int stages, bool folded,
-                                                              int row_keys) {
-  return tma_fwd_shared_bytes_before_bias(d_std, r, head_dim, block_m, block_n, stages, folded) +
-         row_keys * 4;
+/// Keys of the bias row for a call with `seqlen_k` keys: all of them (rounded up to whole key
+/// tiles) when they fit, else the capacity; 0 = no row.
+RAJIT_HOST_DEVICE constexpr int tma_fwd_bias_row_keys(int seqlen_k, int block_n, int capacity) {
+  const int keys = round_up(seqlen_k, block_n);
+  return keys < capacity ? keys : capacity;
 }
 
 RAJIT_HOST_DEVICE constexpr unsigned check_tma_tile(int d_std, int r, int head_dim, int block_m,

@@ -31,9 +31,10 @@ struct FwdParams {
   int batch, heads, seqlen_q, seqlen_k;
   float scale_log2;  // scale * log2(e): softmax runs in base 2
   int num_m_blocks;
-  // The TMA kernel's bias-row mode (limits.cuh): > 0 = the launch's bias area holds this many
-  // keys (>= seqlen_k rounded up to block_n) and each CTA keeps its whole scaled bias row there;
-  // 0 = one bias vector per stage. Other kernels ignore it.
+  // The TMA kernel's bias row (limits.cuh): the scaled bias of each CTA's first bias_row_keys
+  // keys (a multiple of block_n) is kept in shared memory after the per-stage vectors; the
+  // launch adds bias_row_keys * 4 bytes for it. 0 = every key tile's bias by TMA. Other kernels
+  // ignore it.
   int bias_row_keys;
 };
 

@@ -8,6 +8,13 @@ namespace rajit::dev {
 using u32 = unsigned int;
 using u16 = unsigned short;
 
+/// A compile-time bool as a value (std::bool_constant without <type_traits>): lets one generic
+/// lambda be instantiated once per case, e.g. a loop body per source of the bias.
+template <bool B>
+struct BoolConstant {
+  static constexpr bool value = B;
+};
+
 __device__ __forceinline__ u32 smem_addr(const void* p) {
   u32 r;
   asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));

@@ -98,9 +98,10 @@ TEST_CASE("forward: matches the float64 reference over the spec grid, odd shapes
 
 // On sm_90 forward() runs a wgmma tile as the TMA kernel of the same shape when every tensor
 // allows TMA: folded rows (.tmafold) or separate operands (.tma). Checks that each kind really
-// runs (and is right), that a TMA call with a bias keeps each CTA's bias row in shared memory,
-// and that the fallbacks happen where they must: bias rows that do not start on 16 bytes (Tk not
-// a multiple of 4), RAJIT_TMA=0, and rows too long to keep (the per-stage bias vectors).
+// runs (and is right), that a TMA call with a bias keeps each CTA's scaled bias row in shared
+// memory (all of it, or its first key tiles where the row is too long, the rest by per-stage
+// vectors), and that the fallbacks happen where they must: bias rows that do not start on 16
+// bytes (Tk not a multiple of 4) and RAJIT_TMA=0.
 TEST_CASE("forward: the TMA kernels run for folded and separate operands and fall back where "
           "TMA cannot read the tensors") {
   using rajit::gen::MmaKind;
@@ -151,29 +152,31 @@ TEST_CASE("forward: the TMA kernels run for folded and separate operands and fal
     const auto r = rajit::tune::run_forward_check(opt);
     CAPTURE(r.tile.key());
     CHECK(r.tile.mma == c.expect);
-    CHECK(r.bias_row == (c.spec.bias == BiasKind::kColumn && rajit::gen::is_tma(c.expect)));
+    const bool row = c.spec.bias == BiasKind::kColumn && rajit::gen::is_tma(c.expect);
+    const int bn = r.tile.block_n;
+    CHECK(r.bias_row_keys == (row ? (c.shape.seqlen_k + bn - 1) / bn * bn : 0));
     CHECK(r.unwritten == 0);
     CHECK(r.non_finite == 0);
     CHECK(r.rel_err_o <= r.tolerance);
     CHECK(r.max_abs_err_lse <= 1e-2);
     MESSAGE(fmt::format("{} tile {}: rel err {:.2e}", where, r.tile.key(), r.rel_err_o));
   }
-  // Rows longer than a tile's bias-row capacity (8128 keys for the seeds' tile, 12736 for the d128
-  // one) run the per-stage bias vectors; just below it, the bias row. Tq < Tk: bottom-right
-  // causal, so the last query rows see every key.
+  // Rows longer than a tile's bias-row capacity (7872 keys for the seeds' tile, 12480 for the
+  // d128 one) keep that many; the key tiles past it take the per-stage vectors. Tq < Tk: bottom-
+  // right causal, so the last query rows see every key.
   struct LongCase {
     AttentionSpec spec;
     rajit::gen::TileConfig tile;
     Shape shape;
-    bool bias_row;
+    int row_keys;
   };
   const rajit::gen::TileConfig seeds_tile{128, 64, 8, 4, MmaKind::kTmaFolded};
   const rajit::gen::TileConfig d128_tile{192, 64, 12, 4, MmaKind::kTmaFolded};
   const LongCase long_cases[] = {
-      {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16}, seeds_tile, {1, 2, 200, 8128}, true},
-      {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16}, seeds_tile, {1, 2, 200, 9000}, false},
-      {{56, 8, 64, false, BiasKind::kColumn, Dtype::kFp16}, seeds_tile, {1, 1, 129, 8132}, false},
-      {{120, 8, 128, true, BiasKind::kColumn, Dtype::kBf16}, d128_tile, {1, 2, 200, 13000}, false},
+      {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16}, seeds_tile, {1, 2, 200, 7872}, 7872},
+      {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16}, seeds_tile, {1, 2, 200, 9000}, 7872},
+      {{56, 8, 64, false, BiasKind::kColumn, Dtype::kFp16}, seeds_tile, {1, 1, 129, 7876}, 7872},
+      {{120, 8, 128, true, BiasKind::kColumn, Dtype::kBf16}, d128_tile, {1, 2, 200, 13000}, 12480},
   };
   for (const LongCase& c : long_cases) {
     rajit::tune::CheckOptions opt;
@@ -186,13 +189,13 @@ TEST_CASE("forward: the TMA kernels run for folded and separate operands and fal
     CAPTURE(c.spec.key());
     CAPTURE(c.shape.seqlen_k);
     const auto r = rajit::tune::run_forward_check(opt);
-    CHECK(r.bias_row == c.bias_row);
+    CHECK(r.bias_row_keys == c.row_keys);
     CHECK(r.unwritten == 0);
     CHECK(r.non_finite == 0);
     CHECK(r.rel_err_o <= r.tolerance);
     CHECK(r.max_abs_err_lse <= 1e-2);
-    MESSAGE(fmt::format("{} Tk={} bias row {}: rel err {:.2e}", c.spec.key(), c.shape.seqlen_k,
-                        r.bias_row, r.rel_err_o));
+    MESSAGE(fmt::format("{} Tk={} bias row {} keys: rel err {:.2e}", c.spec.key(),
+                        c.shape.seqlen_k, r.bias_row_keys, r.rel_err_o));
   }
   // RAJIT_TMA=0: the same folded call runs the cp.async kernel.
   rajit::tune::CheckOptions opt;

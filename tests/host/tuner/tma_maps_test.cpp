@@ -144,10 +144,10 @@ TEST_CASE("TMA tile keys round-trip and validate like their wgmma shapes") {
   CHECK_THROWS_AS(rajit::gen::parse_tile_key("bm128.bn64.w8.s3.tmax"), rajit::gen::SpecError);
 }
 
-// The bias-row mode keeps a CTA's whole scaled bias row in shared memory when it fits without
-// lowering the tile's CTAs per SM (228 KiB per SM, 1 KiB reserved per CTA, 227 KiB per CTA).
-TEST_CASE("bias-row mode: the row's capacity is the most whole key tiles that keep the CTAs per "
-          "SM") {
+// The bias row keeps a CTA's scaled bias in shared memory after the per-stage vectors, as many
+// key tiles as fit without lowering the tile's CTAs per SM (228 KiB per SM, 1 KiB reserved per
+// CTA, 227 KiB per CTA).
+TEST_CASE("bias row: its capacity is the most whole key tiles that keep the CTAs per SM") {
   namespace attn = rajit::attn;
   struct Tile {
     int d_std, r, head_dim, block_m, block_n, warps, stages;
@@ -164,30 +164,30 @@ TEST_CASE("bias-row mode: the row's capacity is the most whole key tiles that ke
     CAPTURE(t.block_m);
     CAPTURE(t.stages);
     CAPTURE(t.folded);
-    const int per_tile = attn::tma_fwd_shared_bytes(t.d_std, t.r, t.head_dim, t.block_m,
+    const int compiled = attn::tma_fwd_shared_bytes(t.d_std, t.r, t.head_dim, t.block_m,
                                                     t.block_n, t.stages, true, t.folded);
-    const int blocks = attn::tma_fwd_min_blocks(t.head_dim, t.block_n, t.warps, per_tile);
+    const int blocks = attn::tma_fwd_min_blocks(t.head_dim, t.block_n, t.warps, compiled);
     const int cap = attn::tma_fwd_bias_row_capacity(t.d_std, t.r, t.head_dim, t.block_m,
                                                     t.block_n, t.warps, t.stages, t.folded,
                                                     kHopperSmem);
     CAPTURE(cap);
+    CHECK(cap > 0);
     CHECK(cap % t.block_n == 0);
-    const auto bytes = [&](int keys) {
-      return attn::tma_fwd_bias_row_shared_bytes(t.d_std, t.r, t.head_dim, t.block_m, t.block_n,
-                                                 t.stages, t.folded, keys);
-    };
     const auto fits = [&](int keys) {
-      return bytes(keys) <= kHopperSmem && blocks * (bytes(keys) + 1024) <= 228 * 1024;
+      const int bytes = compiled + 4 * keys;
+      return bytes <= kHopperSmem && blocks * (bytes + 1024) <= 228 * 1024;
     };
-    if (cap > 0) CHECK(fits(cap));
+    CHECK(fits(cap));
     CHECK_FALSE(fits(cap + t.block_n));
-    // The row replaces the per-stage vectors: with one stage's worth of keys it is no larger.
-    CHECK(bytes(t.stages * t.block_n) == per_tile);
+    // A call keeps all of seqlen_k (whole key tiles) up to the capacity, then the capacity.
+    CHECK(attn::tma_fwd_bias_row_keys(1, t.block_n, cap) == t.block_n);
+    CHECK(attn::tma_fwd_bias_row_keys(cap - 1, t.block_n, cap) == cap);
+    CHECK(attn::tma_fwd_bias_row_keys(cap + 1, t.block_n, cap) == cap);
   }
-  // The seeds' tile: rows up to 8128 keys (T = 4096 fits; T = 8192 runs the per-stage vectors).
-  CHECK(attn::tma_fwd_bias_row_capacity(56, 8, 64, 128, 64, 8, 4, true, kHopperSmem) == 8128);
-  // The d128 benchmark tile holds one CTA per SM and rows up to 12736 keys.
-  CHECK(attn::tma_fwd_bias_row_capacity(120, 8, 128, 192, 64, 12, 4, true, kHopperSmem) == 12736);
+  // The seeds' tile keeps rows up to 7872 keys (T = 4096 whole; T = 8192 all but its last 5 key
+  // tiles), the d128 benchmark tile (one CTA per SM) up to 12480.
+  CHECK(attn::tma_fwd_bias_row_capacity(56, 8, 64, 128, 64, 8, 4, true, kHopperSmem) == 7872);
+  CHECK(attn::tma_fwd_bias_row_capacity(120, 8, 128, 192, 64, 12, 4, true, kHopperSmem) == 12480);
 }
 
 // Separate operands: where d_std ends 8 columns into a k16 step and r fills an odd number of
