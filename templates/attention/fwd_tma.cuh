@@ -307,7 +307,8 @@ struct TmaFwdKernel {
   __device__ __forceinline__ void load_bias(float (&bias)[kBiasRegs], int tile, int stage,
                                             float bias_log2) const {
     if constexpr (C::Bias::kHasBias) {
-      const u32 base = kBiasRow ? bias_lane + (C::kRowOffset - C::kBiasOffset) + tile * C::kBlockN * 4
+      constexpr u32 kRowFromStage0 = C::kRowOffset - C::kBiasOffset;
+      const u32 base = kBiasRow ? bias_lane + kRowFromStage0 + tile * C::kBlockN * 4
                                 : bias_lane + stage * C::kBlockN * 4;
 #pragma unroll
       for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
@@ -463,18 +464,18 @@ struct TmaFwdKernel {
       wgmma_fwd::pack_p<C>(pa, s);
       wgmma_fwd::rescale_o<C>(o_acc, correction);
     };
+    using FromRow = dev::BoolConstant<true>;
+    using FromStage = dev::BoolConstant<false>;
     int tile = 1;
-    if constexpr (C::Bias::kHasBias) {
-      if (row_end > 0) {
-        first_tile(dev::BoolConstant<true>{});
-        for (; tile < row_end; ++tile) next_tile(dev::BoolConstant<true>{}, tile);
-      } else if (n_tiles > 0) {
-        first_tile(dev::BoolConstant<false>{});
+    if (C::Bias::kHasBias && row_end > 0) {
+      if constexpr (C::Bias::kHasBias) {  // no copies of the loop for the row without a bias
+        first_tile(FromRow{});
+        for (; tile < row_end; ++tile) next_tile(FromRow{}, tile);
       }
     } else if (n_tiles > 0) {
-      first_tile(dev::BoolConstant<false>{});
+      first_tile(FromStage{});
     }
-    for (; tile < n_tiles; ++tile) next_tile(dev::BoolConstant<false>{}, tile);
+    for (; tile < n_tiles; ++tile) next_tile(FromStage{}, tile);
     if (n_tiles > 0) {
       dev::wgmma_fence();
       issue_pv(o_acc, pa, stage);

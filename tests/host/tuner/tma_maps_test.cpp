@@ -192,7 +192,8 @@ TEST_CASE("bias row: its capacity is the most whole key tiles that keep the CTAs
 
 // Separate operands: where d_std ends 8 columns into a k16 step and r fills an odd number of
 // 8-column groups, d_std's last 8 columns join the low part and Q K^T takes one k16 step fewer.
-TEST_CASE("separate operands: the std tail joins the low groups exactly where it saves a k16 step") {
+TEST_CASE("separate operands: the std tail joins the low groups exactly where it saves a k16 "
+          "step") {
   namespace attn = rajit::attn;
   CHECK(attn::tma_std_tail_groups(56, 8, false) == 1);
   CHECK(attn::tma_std_steps(56, 8, false) == 3);
@@ -210,7 +211,8 @@ TEST_CASE("separate operands: the std tail joins the low groups exactly where it
       CAPTURE(d_std);
       CAPTURE(r);
       const int before = (d_std + 15) / 16 + ((r + 7) / 8 + 1) / 2;
-      const int steps = attn::tma_std_steps(d_std, r, false) + attn::tma_low_groups(d_std, r, false) / 2;
+      const int steps =
+          attn::tma_std_steps(d_std, r, false) + attn::tma_low_groups(d_std, r, false) / 2;
       if (attn::tma_std_tail_groups(d_std, r, false) > 0) {
         CHECK(steps == before - 1);
       } else {
