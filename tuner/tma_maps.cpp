@@ -56,6 +56,10 @@ long long bias_extent(const ForwardArgs& a) {
 
 }  // namespace
 
+bool bias_rows_aligned(const ForwardArgs& a) {
+  return aligned16(a.bias.ptr) && a.bias.batch_stride % 4 == 0 && a.bias.head_stride % 4 == 0;
+}
+
 attn::TmaMap encode_tma_map(gen::Dtype dtype, int cols, const TensorView& t,
                             int box_cols, int box_rows, const char* what) {
   const CUtensorMapDataType type = dtype == gen::Dtype::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
@@ -148,17 +152,27 @@ gen::MmaKind tma_kind_for(const ForwardArgs& a, const gen::TileConfig& wgmma_til
       return no("k_low or q_low: pointer or stride not a multiple of 16 bytes");
     }
   }
-  if (s.bias == gen::BiasKind::kColumn) {
-    if (!aligned16(a.bias.ptr) || a.bias.batch_stride % 4 != 0 || a.bias.head_stride % 4 != 0) {
-      return no("bias: rows do not start on 16-byte boundaries");
-    }
-    if (bias_extent(a) >= (1LL << 31)) return no("bias: more than 2^31 elements");
-  }
   // The bit test, not gen::validate: this runs on every forward call and builds no messages.
   const gen::TileConfig& t = wgmma_tile;
   if (attn::check_tma_tile(s.d_std, s.r, s.head_dim, t.block_m, t.block_n, t.warps, t.stages,
                            s.bias == gen::BiasKind::kColumn, folded, max_shared_bytes) != 0) {
     return no("the TMA tile does not fit this device");
+  }
+  if (s.bias == gen::BiasKind::kColumn) {
+    if (bias_extent(a) >= (1LL << 31)) return no("bias: more than 2^31 elements");
+    // Bias rows that do not start on 16 bytes cannot be TMA boxes; the kernel reads its bias row
+    // with plain loads, so they are fine when that row holds every key.
+    if (!bias_rows_aligned(a)) {
+      const int capacity = attn::tma_fwd_bias_row_capacity(s.d_std, s.r, s.head_dim, t.block_m,
+                                                           t.block_n, t.warps, t.stages, folded,
+                                                           max_shared_bytes);
+      const long long keys = (a.k_std.shape[2] + t.block_n - 1) / t.block_n * t.block_n;
+      if (keys > capacity) {
+        return no(fmt::format("bias: rows do not start on 16-byte boundaries and seqlen_k={} is "
+                              "longer than the {} keys the kernel's bias row holds",
+                              a.k_std.shape[2], capacity));
+      }
+    }
   }
   return folded ? gen::MmaKind::kTmaFolded : gen::MmaKind::kTma;
 }
@@ -203,7 +217,9 @@ attn::FwdTmaMaps encode_all(const ForwardArgs& a, const gen::TileConfig& tile) {
     maps.q_std_tail = encode_tma_map(s.dtype, s.d_std, a.q_std, 8, tile.block_m, "q_std (tail)");
     maps.k_std_tail = encode_tma_map(s.dtype, s.d_std, a.k_std, 8, tile.block_n, "k_std (tail)");
   }
-  if (s.bias == gen::BiasKind::kColumn) {
+  // Unaligned bias rows have no map: tma_kind_for allowed them only where the bias row holds
+  // every key, so no tile brings a bias box.
+  if (s.bias == gen::BiasKind::kColumn && bias_rows_aligned(a)) {
     const long long extent = bias_extent(a);
     const cuuint64_t dims[2] = {static_cast<cuuint64_t>(extent), 1};
     const cuuint64_t strides[1] = {static_cast<cuuint64_t>((extent * 4 + 15) / 16 * 16)};

@@ -12,7 +12,9 @@ namespace rajit::tune::detail {
 /// The TMA kind (gen::MmaKind::kTmaFolded or kTma) that a forward call can run with the shape of
 /// `wgmma_tile`, or kWgmma with `why` set when it cannot: RAJIT_TMA=0, a pointer not 16-byte
 /// aligned, a stride that is not a multiple of 16 bytes, bias rows that do not start on 16 bytes
-/// (TMA boxes start on 16-byte boundaries), or a TMA tile that does not fit `max_shared_bytes`.
+/// (TMA boxes start on 16-byte boundaries) where seqlen_k is longer than the kernel's bias row
+/// (limits.cuh: shorter rows are read by plain loads, never by boxes), or a TMA tile that does
+/// not fit `max_shared_bytes`.
 /// Folded when q_low lies right after k_std and k_low right after q_std, with equal strides (the
 /// "folded" layout of ra-math.md), or when r == 0.
 gen::MmaKind tma_kind_for(const ForwardArgs& a, const gen::TileConfig& wgmma_tile,
@@ -25,6 +27,8 @@ gen::MmaKind tma_kind_for(const ForwardArgs& a, const gen::TileConfig& wgmma_til
 bool tma_view_ok(const TensorView& t);
 bool tma_folded(const TensorView& std_part, const TensorView& low, int d_std);
 bool tma_disabled_by_env();
+/// Every bias row starts on 16 bytes (pointer, batch and head strides): TMA boxes can read it.
+bool bias_rows_aligned(const ForwardArgs& a);
 attn::TmaMap encode_tma_map(gen::Dtype dtype, int cols, const TensorView& t,
                             int box_cols, int box_rows, const char* what);
 

@@ -322,11 +322,13 @@ struct TmaFwdKernel {
   }
   // The bias row: this CTA's bias for keys [0, n_keys), times w_disc log2(e), by every thread
   // while the query tile's TMA is in flight (published by the barrier after the gate pass). Keys
-  // past seqlen_k hold 0; their scores are masked. Rows start on 16 bytes (the TMA kernel's
-  // precondition), so whole float4s are read where all four keys exist.
+  // past seqlen_k hold 0; their scores are masked. Whole float4s are read where all four keys
+  // exist and the row starts on 16 bytes; rows that do not (T not a multiple of 4) are read by
+  // single floats, and only where the row holds every key (no TMA box reads them).
   __device__ __forceinline__ void fill_bias_row(int n_keys, float bias_log2) const {
     const float* src = p.bias + bias_off;
     const int seqlen_k = p.seqlen_k;
+    const bool vectors = (reinterpret_cast<unsigned long long>(src) & 15) == 0;
     float* dst = reinterpret_cast<float*>(dev::shared_to_generic(smem_s + C::kRowOffset));
     constexpr int kUnroll = 4;  // loads in flight per thread before its first store
     constexpr int kStride = C::kThreads * 4;
@@ -337,12 +339,13 @@ struct TmaFwdKernel {
         const int i = i0 + u * kStride;
         v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
         if (i < n_keys) {
-          if (i + 3 < seqlen_k) {
+          if (vectors && i + 3 < seqlen_k) {
             v[u] = __ldg(reinterpret_cast<const float4*>(src + i));
           } else {
-            if (i < seqlen_k) v[u].x = src[i];
-            if (i + 1 < seqlen_k) v[u].y = src[i + 1];
-            if (i + 2 < seqlen_k) v[u].z = src[i + 2];
+            if (i < seqlen_k) v[u].x = __ldg(src + i);
+            if (i + 1 < seqlen_k) v[u].y = __ldg(src + i + 1);
+            if (i + 2 < seqlen_k) v[u].z = __ldg(src + i + 2);
+            if (i + 3 < seqlen_k) v[u].w = __ldg(src + i + 3);
           }
         }
       }

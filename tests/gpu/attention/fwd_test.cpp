@@ -101,7 +101,7 @@ TEST_CASE("forward: matches the float64 reference over the spec grid, odd shapes
 // runs (and is right), that a TMA call with a bias keeps each CTA's scaled bias row in shared
 // memory (all of it, or its first key tiles where the row is too long, the rest by per-stage
 // vectors), and that the fallbacks happen where they must: bias rows that do not start on 16
-// bytes (Tk not a multiple of 4) and RAJIT_TMA=0.
+// bytes (Tk not a multiple of 4) and are longer than the bias row, and RAJIT_TMA=0.
 TEST_CASE("forward: the TMA kernels run for folded and separate operands and fall back where "
           "TMA cannot read the tensors") {
   using rajit::gen::MmaKind;
@@ -130,8 +130,9 @@ TEST_CASE("forward: the TMA kernels run for folded and separate operands and fal
       cases.push_back({spec, {1, 2, 100, 300}, Layout::kStrided, separate});
       cases.push_back({spec, {2, 2, 300, 100}, Layout::kFolded, MmaKind::kTmaFolded});
       cases.push_back({spec, {1, 2, 4096, 4096}, Layout::kFolded, MmaKind::kTmaFolded});
-      // Bias rows of 17 floats: not 16-byte aligned, so the cp.async kernel runs.
-      cases.push_back({spec, {2, 3, 17, 17}, Layout::kFolded, MmaKind::kWgmma});
+      // Bias rows of 17 floats do not start on 16 bytes: the TMA kernel reads them into its bias
+      // row with single-float loads (no bias boxes).
+      cases.push_back({spec, {2, 3, 17, 17}, Layout::kFolded, MmaKind::kTmaFolded});
     }
     cases.push_back({plain, {2, 3, 129, 129}, Layout::kSeparate, MmaKind::kTmaFolded});
     cases.push_back({plain, {1, 1, 1, 1}, Layout::kSeparate, MmaKind::kTmaFolded});
@@ -196,6 +197,20 @@ TEST_CASE("forward: the TMA kernels run for folded and separate operands and fal
     CHECK(r.max_abs_err_lse <= 1e-2);
     MESSAGE(fmt::format("{} Tk={} bias row {} keys: rel err {:.2e}", c.spec.key(),
                         c.shape.seqlen_k, r.bias_row_keys, r.rel_err_o));
+  }
+  // Unaligned bias rows (Tk not a multiple of 4) longer than the bias row: no TMA box may read
+  // them, so the cp.async kernel of the same shape runs.
+  {
+    rajit::tune::CheckOptions opt;
+    opt.spec = {56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16};
+    opt.shape = {1, 2, 200, 7873};
+    opt.layout = Layout::kFolded;
+    opt.tile = rajit::gen::TileConfig{128, 64, 8, 4, MmaKind::kWgmma};
+    opt.seed = 5100;
+    const auto r = rajit::tune::run_forward_check(opt);
+    CHECK(r.tile.mma == MmaKind::kWgmma);
+    CHECK(r.bias_row_keys == 0);
+    CHECK(r.passed);
   }
   // RAJIT_TMA=0: the same folded call runs the cp.async kernel.
   rajit::tune::CheckOptions opt;

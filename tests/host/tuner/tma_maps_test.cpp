@@ -85,14 +85,30 @@ TEST_CASE("tma_kind_for: folded rows get .tmafold, separate tensors .tma, plain 
 
 TEST_CASE("tma_kind_for: the cp.async kernel where TMA cannot read the tensors, with the reason") {
   std::string why;
-  // Bias rows of 17 floats do not start on 16-byte boundaries (a TMA box must).
+  // Bias rows that do not start on 16-byte boundaries (a TMA box must): fine while the kernel's
+  // bias row (plain loads) holds every key, the cp.async kernel where seqlen_k is longer.
   ForwardArgs a = separate_args();
   a.bias.head_stride = 17;
-  CHECK(kind(a, &why) == MmaKind::kWgmma);
-  CHECK(why.find("bias") != std::string::npos);
+  CHECK(kind(a) == MmaKind::kTma);  // T = 1000
   a = separate_args();
   a.bias.ptr = reinterpret_cast<const float*>(0x7000004);
-  CHECK(kind(a, &why) == MmaKind::kWgmma);
+  CHECK(kind(a) == MmaKind::kTma);
+  const int capacity = rajit::attn::tma_fwd_bias_row_capacity(56, 8, 64, 128, 64, 8, 3, false,
+                                                              kHopperSmem);
+  for (long long tk : {static_cast<long long>(capacity), static_cast<long long>(capacity) + 1}) {
+    CAPTURE(tk);
+    a.k_std.shape[2] = a.q_low.shape[2] = a.v.shape[2] = tk;
+    if (tk <= capacity) {
+      CHECK(kind(a) == MmaKind::kTma);
+    } else {
+      CHECK(kind(a, &why) == MmaKind::kWgmma);
+      CHECK(why.find("bias: rows do not start on 16-byte boundaries") != std::string::npos);
+      CHECK(why.find(std::to_string(capacity)) != std::string::npos);
+    }
+  }
+  a = folded_args();  // aligned rows: TMA at any length, the rest of the row by boxes
+  a.k_std.shape[2] = a.q_low.shape[2] = a.v.shape[2] = 100000;
+  CHECK(kind(a) == MmaKind::kTmaFolded);
   // d_std = 60 as separate tensors: 120-byte rows.
   a = separate_args();
   a.spec = {60, 4, 64, true, BiasKind::kColumn, Dtype::kBf16};
