@@ -220,14 +220,11 @@ LaunchRecord forward(const ForwardArgs& a) {
   }
   // The TMA kernel keeps the scaled bias of each CTA's first key tiles (all of them when they
   // fit) in shared memory after its per-stage vectors; the launch sizes that row (limits.cuh).
-  int shared_bytes = entry.shared_bytes;
-  if (gen::is_tma(tile.mma) && s.bias == gen::BiasKind::kColumn) {
-    const int capacity = attn::tma_fwd_bias_row_capacity(
-        s.d_std, s.r, s.head_dim, tile.block_m, tile.block_n, tile.warps, tile.stages,
-        tile.mma == gen::MmaKind::kTmaFolded, dev.max_shared);
-    p.bias_row_keys = attn::tma_fwd_bias_row_keys(shape.seqlen_k, tile.block_n, capacity);
-    shared_bytes += p.bias_row_keys * 4;
+  if (gen::is_tma(tile.mma)) {
+    p.bias_row_keys = detail::bias_row_keys(a, tile, tile.mma == gen::MmaKind::kTmaFolded,
+                                            dev.max_shared);
   }
+  const int shared_bytes = entry.shared_bytes + p.bias_row_keys * 4;
   attn::FwdTmaMaps maps{};
   void* args[] = {&p, &maps};
   if (gen::is_tma(tile.mma)) maps = detail::encode_tma_maps(a, tile);

@@ -60,6 +60,16 @@ bool bias_rows_aligned(const ForwardArgs& a) {
   return aligned16(a.bias.ptr) && a.bias.batch_stride % 4 == 0 && a.bias.head_stride % 4 == 0;
 }
 
+int bias_row_keys(const ForwardArgs& a, const gen::TileConfig& tile, bool folded,
+                  int max_shared_bytes) {
+  const gen::AttentionSpec& s = a.spec;
+  if (s.bias != gen::BiasKind::kColumn) return 0;
+  const int capacity = attn::tma_fwd_bias_row_capacity(s.d_std, s.r, s.head_dim, tile.block_m,
+                                                       tile.block_n, tile.warps, tile.stages,
+                                                       folded, max_shared_bytes);
+  return attn::tma_fwd_bias_row_keys(static_cast<int>(a.k_std.shape[2]), tile.block_n, capacity);
+}
+
 attn::TmaMap encode_tma_map(gen::Dtype dtype, int cols, const TensorView& t,
                             int box_cols, int box_rows, const char* what) {
   const CUtensorMapDataType type = dtype == gen::Dtype::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
@@ -163,14 +173,11 @@ gen::MmaKind tma_kind_for(const ForwardArgs& a, const gen::TileConfig& wgmma_til
     // Bias rows that do not start on 16 bytes cannot be TMA boxes; the kernel reads its bias row
     // with plain loads, so they are fine when that row holds every key.
     if (!bias_rows_aligned(a)) {
-      const int capacity = attn::tma_fwd_bias_row_capacity(s.d_std, s.r, s.head_dim, t.block_m,
-                                                           t.block_n, t.warps, t.stages, folded,
-                                                           max_shared_bytes);
-      const long long keys = (a.k_std.shape[2] + t.block_n - 1) / t.block_n * t.block_n;
-      if (keys > capacity) {
+      const int row_keys = bias_row_keys(a, t, folded, max_shared_bytes);
+      if (row_keys < a.k_std.shape[2]) {
         return no(fmt::format("bias: rows do not start on 16-byte boundaries and seqlen_k={} is "
                               "longer than the {} keys the kernel's bias row holds",
-                              a.k_std.shape[2], capacity));
+                              a.k_std.shape[2], row_keys));
       }
     }
   }

@@ -29,6 +29,10 @@ bool tma_folded(const TensorView& std_part, const TensorView& low, int d_std);
 bool tma_disabled_by_env();
 /// Every bias row starts on 16 bytes (pointer, batch and head strides): TMA boxes can read it.
 bool bias_rows_aligned(const ForwardArgs& a);
+/// Keys of the TMA kernel's bias row for this call with the shape of `tile` (limits.cuh: all of
+/// seqlen_k in whole key tiles when they fit beside the tile, else the capacity); 0 without a bias.
+int bias_row_keys(const ForwardArgs& a, const gen::TileConfig& tile, bool folded,
+                  int max_shared_bytes);
 attn::TmaMap encode_tma_map(gen::Dtype dtype, int cols, const TensorView& t,
                             int box_cols, int box_rows, const char* what);
 

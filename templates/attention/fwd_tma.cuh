@@ -145,17 +145,7 @@ struct TmaFwdKernel {
     for (int s = 0; s < C::kStdSlices; ++s) {
       dev::tma_load_4d(base + s * C::kBlockN * 128, &maps.k_std, bar, 64 * s, n0, h, b);
     }
-    const u32 low = base + C::kKStdBytes;
-#pragma unroll
-    for (int g = 0; g < C::kStdTailGroups; ++g) {
-      dev::tma_load_4d(low + g * C::kBlockN * 16, &maps.k_std_tail, bar, C::kTailColumn + 8 * g,
-                       n0, h, b);
-    }
-#pragma unroll
-    for (int g = C::kStdTailGroups; g < C::kLowOperandGroups; ++g) {
-      dev::tma_load_4d(low + g * C::kBlockN * 16, &maps.q_low, bar, 8 * (g - C::kStdTailGroups),
-                       n0, h, b);
-    }
+    issue_low_groups<C::kBlockN>(base + C::kKStdBytes, maps.k_std_tail, maps.q_low, bar, n0);
     const u32 v = base + C::kKStdBytes + C::kKLowBytes;
 #pragma unroll
     for (int s = 0; s < C::kVSlices; ++s) {
@@ -172,16 +162,22 @@ struct TmaFwdKernel {
     for (int s = 0; s < C::kStdSlices; ++s) {
       dev::tma_load_4d(smem_s + s * C::kBlockM * 128, &maps.q_std, bar, 64 * s, m0, h, b);
     }
-    const u32 low = smem_s + C::kQStdBytes;
+    issue_low_groups<C::kBlockM>(smem_s + C::kQStdBytes, maps.q_std_tail, maps.k_low, bar, m0);
+  }
+  // The low part's 8-column groups of `kRows` rows from row0 (separate operands): the std
+  // operand's tail group, if any, then the low operand's groups.
+  template <int kRows>
+  __device__ __forceinline__ void issue_low_groups(u32 low, const TmaMap& std_tail,
+                                                   const TmaMap& low_operand, u32 bar,
+                                                   int row0) const {
 #pragma unroll
     for (int g = 0; g < C::kStdTailGroups; ++g) {
-      dev::tma_load_4d(low + g * C::kBlockM * 16, &maps.q_std_tail, bar, C::kTailColumn + 8 * g,
-                       m0, h, b);
+      dev::tma_load_4d(low + g * kRows * 16, &std_tail, bar, C::kTailColumn + 8 * g, row0, h, b);
     }
 #pragma unroll
     for (int g = C::kStdTailGroups; g < C::kLowOperandGroups; ++g) {
-      dev::tma_load_4d(low + g * C::kBlockM * 16, &maps.k_low, bar, 8 * (g - C::kStdTailGroups),
-                       m0, h, b);
+      dev::tma_load_4d(low + g * kRows * 16, &low_operand, bar, 8 * (g - C::kStdTailGroups),
+                       row0, h, b);
     }
   }
   // Groups of the low part that no box writes (padding to a whole k16 step) are zero on both
@@ -219,12 +215,7 @@ struct TmaFwdKernel {
     }
   }
   __device__ __forceinline__ void scale_region(char* base, int chunks, float w) const {
-    for (int i = tid; i < chunks; i += C::kThreads) {
-      uint4* ptr = reinterpret_cast<uint4*>(base + 16 * i);
-      const uint4 v = *ptr;
-      *ptr = make_uint4(scale_pair<E>(v.x, w), scale_pair<E>(v.y, w), scale_pair<E>(v.z, w),
-                        scale_pair<E>(v.w, w));
-    }
+    for (int i = tid; i < chunks; i += C::kThreads) scale_16_bytes<E>(base + 16 * i, w);
   }
 
   __device__ static constexpr u32 std_step(int ks, int slice_bytes) {

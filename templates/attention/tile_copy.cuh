@@ -236,6 +236,14 @@ template <class E>
 __device__ __forceinline__ dev::u32 scale_pair(dev::u32 x, float w) {
   return E::pack(E::lo(x) * w, E::hi(x) * w);
 }
+/// The eight 16-bit elements at `p` (16-byte aligned, shared memory), times `w`, in place.
+template <class E>
+__device__ __forceinline__ void scale_16_bytes(char* p, float w) {
+  uint4* ptr = reinterpret_cast<uint4*>(p);
+  const uint4 v = *ptr;
+  *ptr = make_uint4(scale_pair<E>(v.x, w), scale_pair<E>(v.y, w), scale_pair<E>(v.z, w),
+                    scale_pair<E>(v.w, w));
+}
 
 /// Multiplies a staged folded tile by its gates once (columns < kDStd by w_std, the rest by
 /// w_rec), so the MMA sees the gated operand directly and no inner loop does gate work.
@@ -251,10 +259,7 @@ __device__ __forceinline__ void scale_by_gates(char* dst, float w_std, float w_r
     const int col = (idx % kUnits) * kUnitElems;
     const float w = col < kDStd ? w_std : w_rec;
     if constexpr (kUnitElems == 8) {
-      uint4* ptr = reinterpret_cast<uint4*>(dst + Tile::byte_offset(row, col));
-      const uint4 v = *ptr;
-      *ptr = make_uint4(scale_pair<E>(v.x, w), scale_pair<E>(v.y, w), scale_pair<E>(v.z, w),
-                        scale_pair<E>(v.w, w));
+      scale_16_bytes<E>(dst + Tile::byte_offset(row, col), w);
     } else {
       uint2* ptr = reinterpret_cast<uint2*>(dst + Tile::byte_offset(row, col));
       const uint2 v = *ptr;

@@ -43,6 +43,14 @@ const std::vector<Shape> kShapes = {
     {1, 1, 129, 129},
 };
 
+// Every output written, finite, and within ra-math.md's tolerances of the float64 reference.
+void check_output(const rajit::tune::CheckResult& r) {
+  CHECK(r.unwritten == 0);
+  CHECK(r.non_finite == 0);
+  CHECK(r.rel_err_o <= r.tolerance);
+  CHECK(r.max_abs_err_lse <= 1e-2);
+}
+
 }  // namespace
 
 TEST_CASE("forward: matches the float64 reference over the spec grid, odd shapes and layouts") {
@@ -79,10 +87,7 @@ TEST_CASE("forward: matches the float64 reference over the spec grid, odd shapes
           opt.tile = tile;
           const auto r = rajit::tune::run_forward_check(opt);
           CAPTURE(r.tile.key());
-          CHECK(r.unwritten == 0);
-          CHECK(r.non_finite == 0);
-          CHECK(r.rel_err_o <= r.tolerance);
-          CHECK(r.max_abs_err_lse <= 1e-2);
+          check_output(r);
           MESSAGE(fmt::format("{} tile {}: rel err {:.2e}", where, r.tile.key(), r.rel_err_o));
           if (rajit::gen::is_tma(r.tile.mma)) ++tma_cases;
         }
@@ -156,10 +161,7 @@ TEST_CASE("forward: the TMA kernels run for folded and separate operands and fal
     const bool row = c.spec.bias == BiasKind::kColumn && rajit::gen::is_tma(c.expect);
     const int bn = r.tile.block_n;
     CHECK(r.bias_row_keys == (row ? (c.shape.seqlen_k + bn - 1) / bn * bn : 0));
-    CHECK(r.unwritten == 0);
-    CHECK(r.non_finite == 0);
-    CHECK(r.rel_err_o <= r.tolerance);
-    CHECK(r.max_abs_err_lse <= 1e-2);
+    check_output(r);
     MESSAGE(fmt::format("{} tile {}: rel err {:.2e}", where, r.tile.key(), r.rel_err_o));
   }
   // Rows longer than a tile's bias-row capacity (7872 keys for the seeds' tile, 12480 for the
@@ -191,10 +193,7 @@ TEST_CASE("forward: the TMA kernels run for folded and separate operands and fal
     CAPTURE(c.shape.seqlen_k);
     const auto r = rajit::tune::run_forward_check(opt);
     CHECK(r.bias_row_keys == c.row_keys);
-    CHECK(r.unwritten == 0);
-    CHECK(r.non_finite == 0);
-    CHECK(r.rel_err_o <= r.tolerance);
-    CHECK(r.max_abs_err_lse <= 1e-2);
+    check_output(r);
     MESSAGE(fmt::format("{} Tk={} bias row {} keys: rel err {:.2e}", c.spec.key(),
                         c.shape.seqlen_k, r.bias_row_keys, r.rel_err_o));
   }
