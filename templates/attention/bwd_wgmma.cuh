@@ -155,7 +155,9 @@ struct BwdDkvWgmmaKernel {
     const float* const vectors[2] = {p.lse_log2 + row_base, p.delta + row_base};
     load_float_vectors<C::kBlockM, 2, C::kThreads>(vectors_s(stage), vectors, m0, p.seqlen_q, tid);
     if constexpr (C::kTma) {
-      if (tid == 0) {  // rows past seqlen_q and columns past d_std + r arrive as zeros
+      __syncwarp();  // as_tma_issuer's elect.sync needs warp 0 converged
+      // Rows past seqlen_q and columns past d_std + r arrive as zeros.
+      dev::as_tma_issuer(tid, [&] {
         const dev::u32 bar = landed_barrier(stage);
         dev::mbarrier_arrive_expect_tx(bar, C::kTxBytes);
 #pragma unroll
@@ -167,7 +169,7 @@ struct BwdDkvWgmmaKernel {
           dev::tma_load_4d(base + C::kDoOffset + s * OTile::kSliceBytes, &maps->d_o, bar, 64 * s,
                            m0, h_now, b_now);
         }
-      }
+      });
       __syncwarp();
       return;
     }

@@ -245,16 +245,17 @@ struct TmaFwdKernel {
     const int next = tile + C::kStages - 2;
     const int next_stage = wrap_stage(stage + C::kStages - 2);
     if constexpr (C::kStageBarriers) {
-      if (tid == 0 && next < n_tiles) {
+      if (next < n_tiles && tid < 32) {  // warp 0 waits for the stage, one lane starts it
         if (next >= C::kStages) {
           dev::mbarrier_wait(released_barrier(next_stage), (next / C::kStages - 1) & 1);
         }
-        issue_kv(next, next_stage);
+        __syncwarp();
+        dev::as_tma_issuer(tid, [&] { issue_kv(next, next_stage); });
       }
       __syncwarp();  // wgmma needs the warp converged again
     } else {
       __syncthreads();  // every warpgroup finished P V of tile - 2: its stage is free
-      if (tid == 0 && next < n_tiles) issue_kv(next, next_stage);
+      if (next < n_tiles) dev::as_tma_issuer(tid, [&] { issue_kv(next, next_stage); });
       __syncwarp();
     }
     dev::mbarrier_wait(landed_barrier(stage), (tile / C::kStages) & 1);
@@ -402,10 +403,10 @@ struct TmaFwdKernel {
     zero_padding_groups();
     __syncthreads();  // barriers initialised; constant groups written before any box lands
     const float bias_log2 = C::Bias::kHasBias ? w_disc * 1.4426950408889634f : 0.f;
-    if (tid == 0) {
+    dev::as_tma_issuer(tid, [&] {
       issue_query();
       for (int s = 0; s < C::kStages - 2 && s < n_tiles; ++s) issue_kv(s, s);
-    }
+    });
     if (C::Bias::kHasBias && row_end > 0) fill_bias_row(row_end * C::kBlockN, bias_log2);
     dev::mbarrier_wait(query_barrier(), 0);
     scale_query_by_gates(w_std, w_rec);

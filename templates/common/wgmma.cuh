@@ -74,6 +74,27 @@ __device__ __forceinline__ void mbarrier_wait(u32 bar, u32 parity) {
 }
 
 // ---- TMA (cp.async.bulk.tensor): one thread starts a box, an mbarrier counts its bytes --------
+/// True in one lane of the calling warp, which must be converged (elect.sync).
+__device__ __forceinline__ bool elect_one() {
+  u32 elected;
+  asm volatile(
+      "{\n.reg .pred p;\nelect.sync _|p, 0xffffffff;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(elected));
+  return elected != 0;
+}
+/// Runs `start_boxes` in one lane of warp 0, the lane that starts a CTA's TMA boxes; warp 0 must
+/// be converged. The warp index goes through a shuffle so that ptxas sees it uniform, and
+/// elect.sync picks the lane; then each copy compiles to one UTMALDG. Under `threadIdx.x == 0`
+/// ptxas cannot tell that one lane is active and wraps every copy in a loop over the active
+/// lanes (ELECT, two PLOP3s and a branch back per box, in the warp the others wait for:
+/// perf-notes v7e). A callback rather than a returned bool: the bool reaches the branch as a
+/// value, not as ELECT's predicate, and the loops come back.
+template <class StartBoxes>
+__device__ __forceinline__ void as_tma_issuer(int tid, StartBoxes&& start_boxes) {
+  if (__shfl_sync(0xffffffffu, tid / 32, 0) == 0) {
+    if (elect_one()) start_boxes();
+  }
+}
 /// Arrives on `bar` and adds `bytes` to the transaction count its current phase waits for.
 __device__ __forceinline__ void mbarrier_arrive_expect_tx(u32 bar, u32 bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
