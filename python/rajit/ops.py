@@ -6,7 +6,12 @@ Two op pairs are registered:
   rajit::ra_packed_fwd / ra_packed_bwd   the paired or folded layout: two packed tensors whose
                                          gradients are written straight into two packed buffers
 Both accept CUDA fp16/bf16 tensors (the generated kernels) or CPU float64 tensors (the float64
-reference of the C library: "reference mode", for gradcheck)."""
+reference of the C library: "reference mode", for gradcheck).
+
+Eager calls on plain tensors skip the dispatcher: the same implementation and the same autograd
+formulas run through a torch.autograd.Function, because a custom op's dispatch costs about 40 us
+of host time per call, more than the kernel at small shapes (perf-notes v7e). Under
+torch.compile, fake tensors, dispatch modes or functorch transforms the custom ops run."""
 
 from __future__ import annotations
 
@@ -23,15 +28,34 @@ _GPU_DTYPES = {torch.float16: 0, torch.bfloat16: 1}
 
 # ---- conversions to the C structs ----------------------------------------------------------
 
+_Int64x4 = ctypes.c_int64 * 4
+
+try:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+except ImportError:  # pragma: no cover - very old torch: always take the custom ops
+    def _get_current_dispatch_mode():
+        return True
+
+
+def _eager_fast_path(*tensors) -> bool:
+    """True when nothing can observe the difference between the custom op and calling its
+    implementation directly: not tracing or compiling, no dispatch mode (FakeTensorMode,
+    FlopCounterMode, ...) or functorch transform active, and every tensor a plain torch.Tensor
+    (no subclass such as FakeTensor or DTensor)."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if transforms_active is None or transforms_active():
+        return False
+    return all(t is None or type(t) is torch.Tensor for t in tensors)
+
+
 def _c_tensor(t: Optional[torch.Tensor]) -> _lib.Tensor:
-    out = _lib.Tensor()
+    """A 4-d tensor as the C struct, built in one constructor call: every Python-level step here
+    is paid on each call of the op (perf-notes: the op's host time)."""
     if t is None:
-        return out
-    out.ptr = t.data_ptr()
-    for d in range(4):
-        out.shape[d] = t.shape[d]
-        out.stride[d] = t.stride(d)
-    return out
+        return _lib.Tensor()
+    return _lib.Tensor(t.data_ptr(), _Int64x4(*t.shape), _Int64x4(*t.stride()))
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
@@ -232,6 +256,12 @@ def ra_bwd(q_std: torch.Tensor, k_low: Optional[torch.Tensor], k_std: torch.Tens
            w_std: Optional[torch.Tensor], w_rec: Optional[torch.Tensor],
            w_disc: Optional[torch.Tensor], o: torch.Tensor, lse: torch.Tensor,
            d_o: torch.Tensor, causal: bool, scale: float) -> list[torch.Tensor]:
+    return _ra_bwd_impl(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, o, lse, d_o,
+                        causal, scale)
+
+
+def _ra_bwd_impl(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, o, lse, d_o, causal,
+                 scale):
     grads = _ra_bwd_buffers(q_std, k_low, k_std, q_low, v, bias)
     _backward_impl(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, o, lse, d_o, causal,
                    scale, _with_empty_low(grads, k_low))
@@ -270,8 +300,9 @@ def _gate_grads(w_std, w_rec, w_disc, dw_std, dw_rec, dw_disc):
 
 def _backward_ra(ctx, d_o, _d_lse):
     q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, o, lse = ctx.saved_tensors
-    g = ra_bwd(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, o, lse,
-               _kernel_ready(d_o), ctx.causal, ctx.scale)
+    bwd = ra_bwd if getattr(ctx, "through_op", True) else _ra_bwd_impl
+    g = bwd(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, o, lse, _kernel_ready(d_o),
+            ctx.causal, ctx.scale)
     dq_std, dk_low, dk_std, dq_low, dv, d_bias, dw_std, dw_rec, dw_disc = g
     if k_low is None:
         dk_low = dq_low = None
@@ -280,6 +311,22 @@ def _backward_ra(ctx, d_o, _d_lse):
 
 
 ra_fwd.register_autograd(_backward_ra, setup_context=_setup_ra)
+
+
+class _RaEager(torch.autograd.Function):
+    """ra_fwd without the dispatcher (see the module docstring): same implementation, same
+    saved tensors, same backward."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        o, lse = _forward_impl(*inputs)
+        _setup_ra(ctx, inputs, (o, lse))
+        ctx.through_op = False
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, d_o, d_lse):
+        return _backward_ra(ctx, d_o, d_lse)
 
 
 # ---- op pair 2: paired / folded packed tensors ---------------------------------------------
@@ -323,6 +370,12 @@ def ra_packed_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optio
                   w_disc: Optional[torch.Tensor], o: torch.Tensor, lse: torch.Tensor,
                   d_o: torch.Tensor, d_std: int, folded: bool, causal: bool, scale: float
                   ) -> list[torch.Tensor]:
+    return _ra_packed_bwd_impl(q, k, v, bias, w_std, w_rec, w_disc, o, lse, d_o, d_std, folded,
+                               causal, scale)
+
+
+def _ra_packed_bwd_impl(q, k, v, bias, w_std, w_rec, w_disc, o, lse, d_o, d_std, folded, causal,
+                        scale):
     out = _packed_bwd_buffers(q, k, v, bias)
     dq, dk, dv = out[:3]
     # Writing each operand's gradient into its slice of dq/dk is the whole point of this op:
@@ -347,7 +400,8 @@ def _setup_packed(ctx, inputs, output):
 
 def _backward_packed(ctx, d_o, _d_lse):
     q, k, v, bias, w_std, w_rec, w_disc, o, lse = ctx.saved_tensors
-    dq, dk, dv, d_bias, dw_std, dw_rec, dw_disc = ra_packed_bwd(
+    bwd = ra_packed_bwd if getattr(ctx, "through_op", True) else _ra_packed_bwd_impl
+    dq, dk, dv, d_bias, dw_std, dw_rec, dw_disc = bwd(
         q, k, v, bias, w_std, w_rec, w_disc, o, lse, _kernel_ready(d_o), ctx.d_std, ctx.folded,
         ctx.causal, ctx.scale)
     return (dq, dk, dv, d_bias if bias is not None else None,
@@ -356,6 +410,23 @@ def _backward_packed(ctx, d_o, _d_lse):
 
 
 ra_packed_fwd.register_autograd(_backward_packed, setup_context=_setup_packed)
+
+
+class _PackedEager(torch.autograd.Function):
+    """ra_packed_fwd without the dispatcher (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, w_std, w_rec, w_disc, d_std, folded, causal, scale):
+        o, lse = _forward_impl(*_unpack(q, k, d_std, folded), v, bias, w_std, w_rec, w_disc,
+                               causal, scale)
+        _setup_packed(ctx, (q, k, v, bias, w_std, w_rec, w_disc, d_std, folded, causal, scale),
+                      (o, lse))
+        ctx.through_op = False
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, d_o, d_lse):
+        return _backward_packed(ctx, d_o, d_lse)
 
 
 # ---- the public functions: argument checks, then one op call -------------------------------
@@ -418,20 +489,20 @@ def _contiguous(t):
     return None if t is None else t.contiguous()  # an (H,) gate: free when already contiguous
 
 
-def _prepare(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, scale):
-    """Shared checks of attention/attention_paired/attention_folded; returns the side inputs."""
+def _prepare(B, H, Tk, has_low, v, bias, w_std, w_rec, w_disc, scale):
+    """Shared checks of attention/attention_paired/attention_folded; returns the side inputs.
+    Takes the sizes rather than the operands, so the packed calls need not slice views of their
+    tensors twice (once here, once in the op)."""
     errors = []
     dev = v.device
     ref = dev.type == "cpu"
-    B, H, Tq = q_std.shape[:3]
-    Tk = k_std.shape[2]
     gate_shapes = [(H,)]
     w_std = _contiguous(_side_input(errors, "w_std", w_std, H, ref, dev, gate_shapes))
     w_rec = _contiguous(_side_input(errors, "w_rec", w_rec, H, ref, dev, gate_shapes))
     w_disc = _contiguous(_side_input(errors, "w_disc", w_disc, H, ref, dev, gate_shapes))
     if w_disc is not None and bias is None:
         errors.append("w_disc: given without a bias (w_disc scales the bias)")
-    if w_rec is not None and k_low is None:
+    if w_rec is not None and not has_low:
         errors.append("w_rec: given but r = 0 (no reciprocal operands)")
     if bias is not None:
         if isinstance(bias, torch.Tensor) and bias.dim() == 4 and bias.shape[2] == 1:
@@ -478,9 +549,12 @@ def attention(q_std, k_low, k_std, q_low, v, *, causal: bool, bias=None, w_std=N
         _check_kind(errors, named)
     if errors:
         raise _lib.InvalidArgumentError("\n".join(errors))
-    bias, w_std, w_rec, w_disc, scale = _prepare(q_std, k_low, k_std, q_low, v, bias, w_std,
-                                                 w_rec, w_disc, scale)
-    o, lse = ra_fwd(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, bool(causal), scale)
+    bias, w_std, w_rec, w_disc, scale = _prepare(q_std.shape[0], q_std.shape[1], k_std.shape[2],
+                                                 k_low is not None, v, bias, w_std, w_rec, w_disc,
+                                                 scale)
+    args = (q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc, bool(causal), scale)
+    fast = _eager_fast_path(q_std, k_low, k_std, q_low, v, bias, w_std, w_rec, w_disc)
+    o, lse = _RaEager.apply(*args) if fast else ra_fwd(*args)
     return (o, lse) if return_lse else o
 
 
@@ -498,11 +572,12 @@ def _packed(q, k, v, d_std, folded, causal, bias, w_std, w_rec, w_disc, scale, r
                           f"Tq == Tk (use attention_folded or attention)")
     if errors:
         raise _lib.InvalidArgumentError("\n".join(errors))
-    q_std, k_low, k_std, q_low = _unpack(q, k, d_std, folded)
-    bias, w_std, w_rec, w_disc, scale = _prepare(q_std, k_low, k_std, q_low, v, bias, w_std,
-                                                 w_rec, w_disc, scale)
-    o, lse = ra_packed_fwd(q, k, v, bias, w_std, w_rec, w_disc, int(d_std), folded, bool(causal),
-                           scale)
+    bias, w_std, w_rec, w_disc, scale = _prepare(q.shape[0], q.shape[1], k.shape[2],
+                                                 q.shape[-1] > d_std, v, bias, w_std, w_rec,
+                                                 w_disc, scale)
+    args = (q, k, v, bias, w_std, w_rec, w_disc, int(d_std), folded, bool(causal), scale)
+    fast = _eager_fast_path(q, k, v, bias, w_std, w_rec, w_disc)
+    o, lse = _PackedEager.apply(*args) if fast else ra_packed_fwd(*args)
     return (o, lse) if return_lse else o
 
 

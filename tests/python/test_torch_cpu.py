@@ -100,6 +100,38 @@ class ReferenceMode(unittest.TestCase):
         for a, b in zip(g1, g2):
             self.assertLess((a - b).abs().max().item(), 1e-12)
 
+    def test_eager_path_equals_the_custom_ops_in_value_and_every_gradient(self):
+        # Eager calls on plain tensors skip the dispatcher (ops._RaEager, ops._PackedEager); the
+        # custom ops stay for compile, fake tensors and dispatch modes. Both must agree exactly.
+        from torch.utils.flop_counter import FlopCounterMode
+        q_std, k_low, k_std, q_low, v, beta, (ws, wr, wd) = self.inputs(B=2, Tq=5, Tk=5)
+        args = (q_std, k_low, k_std, q_low, v, beta, ws, wr, wd)
+        self.assertTrue(ops._eager_fast_path(*args))
+        with FlopCounterMode(display=False):
+            self.assertFalse(ops._eager_fast_path(*args))
+        for name, call_op, call_eager in [
+            ("separate", lambda *a: ops.ra_fwd(*a, True, 0.0)[0],
+             lambda *a: ops._RaEager.apply(*a, True, 0.0)[0]),
+            ("folded", lambda *a: ops.ra_packed_fwd(torch.cat([a[0], a[1]], -1),
+                                                    torch.cat([a[2], a[3]], -1), *a[4:], 8,
+                                                    True, True, 0.0)[0],
+             lambda *a: ops._PackedEager.apply(torch.cat([a[0], a[1]], -1),
+                                               torch.cat([a[2], a[3]], -1), *a[4:], 8, True,
+                                               True, 0.0)[0])]:
+            with self.subTest(layout=name):
+                d_o = torch.randn(2, 2, 5, 32, dtype=torch.float64)
+                want = call_op(*args)
+                got = call_eager(*args)
+                self.assertTrue(torch.equal(got, want))
+                g_want = torch.autograd.grad(want, args, d_o)
+                g_got = torch.autograd.grad(got, args, d_o)
+                for i, (a, b) in enumerate(zip(g_got, g_want)):
+                    self.assertTrue(torch.equal(a, b), f"gradient {i}")
+        # The public call takes the eager path and still matches the float64 PyTorch RA.
+        o = rajit.attention(*args[:5], causal=True, bias=beta, w_std=ws, w_rec=wr, w_disc=wd)
+        o2 = ra_attention_torch(*args[:5], causal=True, bias=beta, w_std=ws, w_rec=wr, w_disc=wd)
+        self.assertLess((o - o2).abs().max().item(), 1e-12)
+
     def test_r0_and_gates_zero_equal_plain_attention(self):
         q, k, v = _rand(1, 2, 6, 8), _rand(1, 2, 6, 8), _rand(1, 2, 6, 32)
         o = rajit.attention(q, None, k, None, v, causal=True)
