@@ -555,6 +555,12 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
     const std::string shape_text =
         fmt::format("{}x{}x{}x{}", shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k);
     for (const auto& s : specs) {
+      const auto add_forward_row = [&](const gen::AttentionSpec& spec, const std::string& role,
+                                       const tune::BenchResult& r) {
+        rows.push_back({spec.key(), r.tile.key(), shape_text, role, r.median_ms, r.tflops});
+        std::fprintf(stderr, "%s %s %s: %.3f ms %.1f TFLOP/s\n", spec.key().c_str(),
+                     r.tile.key().c_str(), shape_text.c_str(), r.median_ms, r.tflops);
+      };
       std::vector<std::pair<gen::AttentionSpec, std::string>> variants = {{s, "ra"}};
       if (!bf.no_baseline && (s.r > 0 || s.bias != gen::BiasKind::kNone)) {
         gen::AttentionSpec base = s;  // same contraction width and FLOPs, plain attention
@@ -562,6 +568,15 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
         base.r = 0;
         base.bias = gen::BiasKind::kNone;
         variants.push_back({base, "baseline"});
+      }
+      // Folded rows: the baseline reads Qf and Kf whole as Q and K, and the two are launched in
+      // turn on the same buffers (tune::time_forward_with_baseline says why).
+      if (opt.folded && variants.size() == 2 && !bf.backward && !bf.sweep) {
+        auto inputs = tune::bench_inputs(s, shape, opt);
+        const auto [ra, base] = tune::time_forward_with_baseline(inputs, sf.pinned(), opt);
+        add_forward_row(variants[0].first, "ra", ra);
+        add_forward_row(variants[1].first, "baseline", base);
+        continue;
       }
       for (const auto& [spec, role] : variants) {
         std::vector<std::optional<gen::TileConfig>> tiles;
@@ -592,12 +607,7 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
             }
           continue;
         }
-        for (const auto& t : tiles) {
-          const auto r = tune::bench_forward(spec, shape, t, opt);
-          rows.push_back({spec.key(), r.tile.key(), shape_text, role, r.median_ms, r.tflops});
-          std::fprintf(stderr, "%s %s %s: %.3f ms %.1f TFLOP/s\n", spec.key().c_str(),
-                       r.tile.key().c_str(), shape_text.c_str(), r.median_ms, r.tflops);
-        }
+        for (const auto& t : tiles) add_forward_row(spec, role, tune::bench_forward(spec, shape, t, opt));
       }
     }
   }
@@ -697,7 +707,9 @@ struct Cli {
     bench->add_option("--format", bf.format, "table, csv or json")->capture_default_str();
     bench->add_option("--layout", bf.layout,
                       "operand layout of the inputs: separate tensors, or folded rows "
-                      "Qf=[q_std|k_low], Kf=[k_std|q_low] (ra-math.md)")
+                      "Qf=[q_std|k_low], Kf=[k_std|q_low] (ra-math.md; the forward baseline "
+                      "then reads Qf and Kf as Q and K, launched in turn with RA on the same "
+                      "buffers)")
         ->capture_default_str();
     bench->add_option("--gates", bf.gates,
                       "random: per-head w_std, w_rec, w_disc in [0.5, 1.5]; none: null gates "

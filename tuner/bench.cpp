@@ -6,6 +6,7 @@
 #include <cmath>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "runtime/device_buffer.hpp"
@@ -107,7 +108,8 @@ struct ForwardInputs::Set {
 };
 
 ForwardInputs::ForwardInputs(const gen::AttentionSpec& s, const Shape& sh, double l2_multiple,
-                             int ordinal, std::uint64_t seed, bool folded) {
+                             int ordinal, std::uint64_t seed, bool folded)
+    : folded_(folded) {
   rt::make_primary_context_current(ordinal);
   const rt::DeviceInfo dev = rt::device_info(ordinal);
   const Noise noise_src(s.dtype, seed);
@@ -146,50 +148,111 @@ std::vector<std::uint16_t> ForwardInputs::output(int i) const {
   return out;
 }
 
-BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> tile,
-                         const BenchOptions& opt) {
-  const int sets = inputs.size();
-  for (int i = 0; i < sets; ++i) inputs.args(i).tile = tile;
+ForwardArgs ForwardInputs::plain_baseline(int set) const {
+  ForwardArgs a = sets_.at(static_cast<std::size_t>(set))->set->args;
+  if (a.spec.r > 0 && !folded_) {
+    throw std::logic_error(
+        "plain_baseline: separate operand tensors have no (B,H,T,d_std + r) Q and K to read as "
+        "plain attention; only folded rows (or r = 0) do");
+  }
+  const int width = a.spec.d_std + a.spec.r;
+  a.spec.d_std = width;
+  a.spec.r = 0;
+  a.spec.bias = gen::BiasKind::kNone;
+  a.q_std.shape[3] = width;  // Qf = [q_std | k_low] starts at q_std's pointer, stride width
+  a.k_std.shape[3] = width;  // Kf = [k_std | q_low] likewise
+  a.k_low = {};
+  a.q_low = {};
+  a.bias = {};
+  a.w_std = a.w_rec = a.w_disc = nullptr;
+  return a;
+}
+
+namespace {
+
+// Times the variants launched in turn (variant 0, variant 1, ..., variant 0, ...), one event after
+// each launch, so every variant runs under the same clocks and power state: at (2,16,8192)
+// head_dim 128 a kernel timed alone runs ~1.01 or ~1.10 ms from one run to the next (perf-notes
+// v7e). Launch k reads set k % cycle, so each launch's set is the one touched longest ago, as
+// when one kernel is timed alone; cycle is the number of sets, less one where that would pair
+// each variant with a fixed subset of the sets. variants[v][set] are the launch arguments; tile
+// pinned or not as given. Results are per variant, TFLOP/s from the FlashAttention count.
+std::vector<BenchResult> time_in_turn(std::vector<std::vector<ForwardArgs>>& variants,
+                                      const BenchOptions& opt) {
   const rt::DriverApi& api = rt::driver();
-  BenchResult res;
-  res.input_sets = sets;
-  res.tile = forward(inputs.args(0)).tile;
-  for (int i = 1; i < opt.warmup; ++i) forward(inputs.args(i % sets));
+  const std::size_t nv = variants.size();
+  const int sets = static_cast<int>(variants.front().size());
+  const int cycle = nv > 1 && sets > 1 && sets % static_cast<int>(nv) == 0 ? sets - 1 : sets;
+  const auto set_of = [&](std::size_t launch) { return launch % static_cast<std::size_t>(cycle); };
+  std::vector<BenchResult> res(nv);
+  for (std::size_t v = 0; v < nv; ++v) {
+    res[v].input_sets = sets;
+    res[v].tile = forward(variants[v][0]).tile;
+  }
+  for (int i = 1; i < opt.warmup; ++i) {
+    for (std::size_t v = 0; v < nv; ++v) forward(variants[v][set_of(i * nv + v)]);
+  }
   const int iters = std::max(opt.iters, 1);
-  std::vector<CUevent> events(static_cast<std::size_t>(iters) + 1);
+  std::vector<CUevent> events(static_cast<std::size_t>(iters) * nv + 1);
   for (auto& e : events) RAJIT_CU_CHECK(api.cuEventCreate(&e, CU_EVENT_DEFAULT), "creating an event");
   const auto destroy = [&] {
     for (auto& e : events) api.cuEventDestroy(e);
   };
   try {
     RAJIT_CU_CHECK(api.cuEventRecord(events[0], nullptr), "recording an event");
-    for (int i = 0; i < iters; ++i) {
-      forward(inputs.args(i % sets));
-      RAJIT_CU_CHECK(api.cuEventRecord(events[static_cast<std::size_t>(i) + 1], nullptr),
-                     "recording an event");
+    for (std::size_t k = 0; k < static_cast<std::size_t>(iters) * nv; ++k) {
+      forward(variants[k % nv][set_of(k)]);
+      RAJIT_CU_CHECK(api.cuEventRecord(events[k + 1], nullptr), "recording an event");
     }
     RAJIT_CU_CHECK(api.cuEventSynchronize(events.back()), "waiting for the benchmark");
-    std::vector<float> ms(static_cast<std::size_t>(iters));
-    for (std::size_t i = 0; i < ms.size(); ++i) {
-      RAJIT_CU_CHECK(api.cuEventElapsedTime(&ms[i], events[i], events[i + 1]), "reading an event");
+    for (std::size_t v = 0; v < nv; ++v) {
+      std::vector<float> ms(static_cast<std::size_t>(iters));
+      for (std::size_t i = 0; i < ms.size(); ++i) {
+        const std::size_t end = i * nv + v + 1;
+        RAJIT_CU_CHECK(api.cuEventElapsedTime(&ms[i], events[end - 1], events[end]),
+                       "reading an event");
+      }
+      std::sort(ms.begin(), ms.end());
+      res[v].median_ms = ms[ms.size() / 2];
+      res[v].min_ms = ms.front();
+      const ForwardArgs& a = variants[v][0];
+      const Shape sh{static_cast<int>(a.q_std.shape[0]), static_cast<int>(a.q_std.shape[1]),
+                     static_cast<int>(a.q_std.shape[2]), static_cast<int>(a.k_std.shape[2])};
+      res[v].tflops = forward_flops(a.spec, sh) / (res[v].median_ms * 1e-3) / 1e12;
     }
-    std::sort(ms.begin(), ms.end());
-    res.median_ms = ms[ms.size() / 2];
-    res.min_ms = ms.front();
   } catch (...) {
     destroy();
     throw;
   }
   destroy();
-  const ForwardArgs& a = inputs.args(0);
-  const Shape sh{static_cast<int>(a.q_std.shape[0]), static_cast<int>(a.q_std.shape[1]),
-                 static_cast<int>(a.q_std.shape[2]), static_cast<int>(a.k_std.shape[2])};
-  res.tflops = forward_flops(a.spec, sh) / (res.median_ms * 1e-3) / 1e12;
   return res;
 }
 
-BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
-                          std::optional<gen::TileConfig> tile, const BenchOptions& opt) {
+}  // namespace
+
+BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> tile,
+                         const BenchOptions& opt) {
+  std::vector<std::vector<ForwardArgs>> variants(1);
+  for (int i = 0; i < inputs.size(); ++i) {
+    inputs.args(i).tile = tile;
+    variants[0].push_back(inputs.args(i));
+  }
+  return time_in_turn(variants, opt).front();
+}
+
+std::pair<BenchResult, BenchResult> time_forward_with_baseline(
+    ForwardInputs& inputs, std::optional<gen::TileConfig> tile, const BenchOptions& opt) {
+  std::vector<std::vector<ForwardArgs>> variants(2);
+  for (int i = 0; i < inputs.size(); ++i) {
+    inputs.args(i).tile = tile;
+    variants[0].push_back(inputs.args(i));
+    variants[1].push_back(inputs.plain_baseline(i));
+  }
+  const auto res = time_in_turn(variants, opt);
+  return {res[0], res[1]};
+}
+
+ForwardInputs bench_inputs(const gen::AttentionSpec& s, const Shape& sh, const BenchOptions& opt) {
   ForwardInputs inputs(s, sh, opt.l2_multiple, 0, 12345, opt.folded);
   if (!opt.gates) {
     for (int i = 0; i < inputs.size(); ++i) {
@@ -197,6 +260,12 @@ BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
       a.w_std = a.w_rec = a.w_disc = nullptr;
     }
   }
+  return inputs;
+}
+
+BenchResult bench_forward(const gen::AttentionSpec& s, const Shape& sh,
+                          std::optional<gen::TileConfig> tile, const BenchOptions& opt) {
+  ForwardInputs inputs = bench_inputs(s, sh, opt);
   return time_forward(inputs, tile, opt);
 }
 

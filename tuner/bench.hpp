@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "generator/spec.hpp"
@@ -53,10 +54,16 @@ class ForwardInputs {
   void poison_output(int set);
   /// O of set `set` as raw fp16/bf16 bits, (B,H,Tq,Dv) contiguous; synchronises the context.
   std::vector<std::uint16_t> output(int set) const;
+  /// Set `set`'s arguments as the r = 0, no-bias attention of the same contraction width over
+  /// the same buffers: the folded rows Qf and Kf read whole as Q and K, the same V, O and LSE,
+  /// no gates. Needs folded rows or r = 0.
+  /// Throws: std::logic_error for separate operand tensors with r > 0.
+  ForwardArgs plain_baseline(int set) const;
 
  private:
   struct Set;
   std::vector<std::unique_ptr<Set>> sets_;
+  bool folded_ = false;
 };
 
 /// Times forward() over `inputs` (rotating sets) with `tile` pinned, or the default choice.
@@ -64,12 +71,24 @@ class ForwardInputs {
 BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> tile,
                          const BenchOptions& options = {});
 
+/// Times RA over `inputs` and its plain baseline (ForwardInputs::plain_baseline) on the same
+/// buffers, launched in turn so both run under the same clocks and power state: the price of RA
+/// without the run-to-run swing of a kernel timed alone (about 10% at (2,16,8192) head_dim 128,
+/// perf-notes v7e). `tile` is pinned for both, or the default choice. Needs folded rows or r = 0.
+/// Throws: what forward() throws, std::logic_error (separate operands).
+std::pair<BenchResult, BenchResult> time_forward_with_baseline(
+    ForwardInputs& inputs, std::optional<gen::TileConfig> tile, const BenchOptions& options = {});
+
 /// Times forward() for (spec, shape) with the pinned tile or the heuristic one, on device 0.
 /// Inputs are random (never zeros), separate (B,H,T,width) tensors, bias set, and gates set unless
 /// `options.gates` is false.
 /// Throws: what forward() throws.
 BenchResult bench_forward(const gen::AttentionSpec&, const Shape&, std::optional<gen::TileConfig>,
                           const BenchOptions& = {});
+
+/// The inputs bench_forward() times: random, in options.folded's layout, gates nulled when
+/// options.gates is false (device 0). For callers that time several things on one allocation.
+ForwardInputs bench_inputs(const gen::AttentionSpec&, const Shape&, const BenchOptions& = {});
 
 struct BackwardBenchResult {
   double fwd_bwd_ms = 0;  ///< median of forward() + backward()
