@@ -9,9 +9,10 @@ Both accept CUDA fp16/bf16 tensors (the generated kernels) or CPU float64 tensor
 reference of the C library: "reference mode", for gradcheck).
 
 Eager calls on plain tensors skip the dispatcher: the same implementation and the same autograd
-formulas run through a torch.autograd.Function, because a custom op's dispatch costs about 40 us
-of host time per call, more than the kernel at small shapes (perf-notes v7e). Under
-torch.compile, fake tensors, dispatch modes or functorch transforms the custom ops run."""
+formulas run through a torch.autograd.Function, because a custom op's dispatch costs 20-40 us
+of host time per call, as much as the kernel at small shapes (docs/perf-notes.md, "Python op
+host time"). Under torch.compile, fake tensors, dispatch modes or functorch transforms the
+custom ops run."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def _eager_fast_path(*tensors) -> bool:
 
 def _c_tensor(t: Optional[torch.Tensor]) -> _lib.Tensor:
     """A 4-d tensor as the C struct, built in one constructor call: every Python-level step here
-    is paid on each call of the op (perf-notes: the op's host time)."""
+    is paid on each call of the op."""
     if t is None:
         return _lib.Tensor()
     return _lib.Tensor(t.data_ptr(), _Int64x4(*t.shape), _Int64x4(*t.stride()))
