@@ -172,8 +172,8 @@ namespace {
 
 // Times the variants launched in turn (variant 0, variant 1, ..., variant 0, ...), one event after
 // each launch, so every variant runs under the same clocks and power state: at (2,16,8192)
-// head_dim 128 a kernel timed alone runs ~1.01 or ~1.10 ms from one run to the next (perf-notes
-// v7e). Launch k reads set k % cycle, so each launch's set is the one touched longest ago, as
+// head_dim 128 a kernel timed alone runs ~1.01 or ~1.14 ms from one run to the next (perf-notes
+// v7f). Launch k reads set k % cycle, so each launch's set is the one touched longest ago, as
 // when one kernel is timed alone; cycle is the number of sets, less one where that would pair
 // each variant with a fixed subset of the sets. variants[v][set] are the launch arguments; tile
 // pinned or not as given. Results are per variant, TFLOP/s from the FlashAttention count.

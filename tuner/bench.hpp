@@ -74,7 +74,7 @@ BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> t
 /// Times RA over `inputs` and its plain baseline (ForwardInputs::plain_baseline) on the same
 /// buffers, launched in turn so both run under the same clocks and power state: the price of RA
 /// without the run-to-run swing of a kernel timed alone (about 10% at (2,16,8192) head_dim 128,
-/// perf-notes v7e). `tile` is pinned for both, or the default choice. Needs folded rows or r = 0.
+/// perf-notes v7f). `tile` is pinned for both, or the default choice. Needs folded rows or r = 0.
 /// Throws: what forward() throws, std::logic_error (separate operands).
 std::pair<BenchResult, BenchResult> time_forward_with_baseline(
     ForwardInputs& inputs, std::optional<gen::TileConfig> tile, const BenchOptions& options = {});
