@@ -256,7 +256,7 @@ struct BenchFlags {
   std::string format = "table";
   std::string layout = "separate";
   std::string gates = "random";
-  int iters = 100, warmup = 10;
+  int iters = 100, warmup = 10, turn = 1;
 };
 
 tune::Shape parse_shape(const std::string& text) {
@@ -551,6 +551,7 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
   opt.warmup = bf.warmup;
   opt.folded = bf.layout == "folded";
   opt.gates = bf.gates == "random";
+  opt.turn = bf.turn;
   for (const auto& shape : shapes) {
     const std::string shape_text =
         fmt::format("{}x{}x{}x{}", shape.batch, shape.heads, shape.seqlen_q, shape.seqlen_k);
@@ -708,8 +709,8 @@ struct Cli {
     bench->add_option("--layout", bf.layout,
                       "operand layout of the inputs: separate tensors, or folded rows "
                       "Qf=[q_std|k_low], Kf=[k_std|q_low] (ra-math.md; the forward baseline "
-                      "then reads Qf and Kf as Q and K, launched in turn with RA on the same "
-                      "buffers)")
+                      "then reads Qf and Kf as Q and K, launched in turns with RA on the same "
+                      "buffers, --turn)")
         ->capture_default_str();
     bench->add_option("--gates", bf.gates,
                       "random: per-head w_std, w_rec, w_disc in [0.5, 1.5]; none: null gates "
@@ -717,6 +718,11 @@ struct Cli {
         ->capture_default_str();
     bench->add_option("--iters", bf.iters, "timed launches per row")->capture_default_str();
     bench->add_option("--warmup", bf.warmup, "untimed launches first")->capture_default_str();
+    bench->add_option("--turn", bf.turn,
+                      "with --layout folded: launches of RA, then of the baseline, per turn; the "
+                      "first of each turn is not timed (1 = strict alternation)")
+        ->check(CLI::Range(1, 1000))
+        ->capture_default_str();
     tunec = app.add_subcommand("tune", "time every valid tile shape per spec and shape, verify "
                                              "each against the heuristic default, keep the fastest in "
                                              "the tune cache ($RAJIT_TUNE_FILE or <cache>/tune.json)");

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <stdexcept>
 #include <vector>
@@ -168,53 +169,66 @@ ForwardArgs ForwardInputs::plain_baseline(int set) const {
   return a;
 }
 
+TurnSchedule::TurnSchedule(int variants, int turn, int sets, int timed_per_variant)
+    : variants_(static_cast<std::size_t>(std::max(variants, 1))),
+      turn_(variants > 1 ? static_cast<std::size_t>(std::max(turn, 1)) : 1) {
+  const auto n_sets = static_cast<std::size_t>(std::max(sets, 1));
+  const std::size_t period = turn_ * variants_;
+  // Kernel v reads sets (v * turn + i + m * gcd(period, cycle)) % cycle for i < turn: all of them
+  // unless turn < gcd(period, cycle).
+  cycle_ = n_sets;
+  while (variants_ > 1 && cycle_ > 1 && turn_ < std::gcd(period, cycle_)) --cycle_;
+  const std::size_t timed_per_turn = turn_ > 1 ? turn_ - 1 : 1;
+  const auto wanted = static_cast<std::size_t>(std::max(timed_per_variant, 1));
+  launches_ = (wanted + timed_per_turn - 1) / timed_per_turn * period;
+}
+
 namespace {
 
-// Times the variants launched in turn (variant 0, variant 1, ..., variant 0, ...), one event after
+// Times the variants launched in turns (TurnSchedule, opt.turn launches each), one event after
 // each launch, so every variant runs under the same clocks and power state: at (2,16,8192)
 // head_dim 128 a kernel timed alone runs ~1.01 or ~1.14 ms from one run to the next (perf-notes
-// v7f). Launch k reads set k % cycle, so each launch's set is the one touched longest ago, as
-// when one kernel is timed alone; cycle is the number of sets, less one where that would pair
-// each variant with a fixed subset of the sets. variants[v][set] are the launch arguments; tile
-// pinned or not as given. Results are per variant, TFLOP/s from the FlashAttention count.
+// v7f). The first launch of a turn follows the other kernel and is not timed (perf-notes v8).
+// variants[v][set] are the launch arguments; tile pinned or not as given. Results are per
+// variant (opt.iters timed launches each), TFLOP/s from the FlashAttention count.
 std::vector<BenchResult> time_in_turn(std::vector<std::vector<ForwardArgs>>& variants,
                                       const BenchOptions& opt) {
   const rt::DriverApi& api = rt::driver();
   const std::size_t nv = variants.size();
-  const int sets = static_cast<int>(variants.front().size());
-  const int cycle = nv > 1 && sets > 1 && sets % static_cast<int>(nv) == 0 ? sets - 1 : sets;
-  const auto set_of = [&](std::size_t launch) { return launch % static_cast<std::size_t>(cycle); };
+  const TurnSchedule order(static_cast<int>(nv), opt.turn, static_cast<int>(variants.front().size()),
+                           opt.iters);
   std::vector<BenchResult> res(nv);
   for (std::size_t v = 0; v < nv; ++v) {
-    res[v].input_sets = sets;
+    res[v].input_sets = static_cast<int>(variants.front().size());
     res[v].tile = forward(variants[v][0]).tile;
   }
   for (int i = 1; i < opt.warmup; ++i) {
-    for (std::size_t v = 0; v < nv; ++v) forward(variants[v][set_of(i * nv + v)]);
+    for (std::size_t v = 0; v < nv; ++v) forward(variants[v][order.set(i * nv + v)]);
   }
-  const int iters = std::max(opt.iters, 1);
-  std::vector<CUevent> events(static_cast<std::size_t>(iters) * nv + 1);
+  const std::size_t launches = order.launches();
+  std::vector<CUevent> events(launches + 1);
   for (auto& e : events) RAJIT_CU_CHECK(api.cuEventCreate(&e, CU_EVENT_DEFAULT), "creating an event");
   const auto destroy = [&] {
     for (auto& e : events) api.cuEventDestroy(e);
   };
   try {
     RAJIT_CU_CHECK(api.cuEventRecord(events[0], nullptr), "recording an event");
-    for (std::size_t k = 0; k < static_cast<std::size_t>(iters) * nv; ++k) {
-      forward(variants[k % nv][set_of(k)]);
+    for (std::size_t k = 0; k < launches; ++k) {
+      forward(variants[order.variant(k)][order.set(k)]);
       RAJIT_CU_CHECK(api.cuEventRecord(events[k + 1], nullptr), "recording an event");
     }
     RAJIT_CU_CHECK(api.cuEventSynchronize(events.back()), "waiting for the benchmark");
+    std::vector<std::vector<float>> ms(nv);
+    for (std::size_t k = 0; k < launches; ++k) {
+      if (!order.timed(k)) continue;
+      float t = 0;
+      RAJIT_CU_CHECK(api.cuEventElapsedTime(&t, events[k], events[k + 1]), "reading an event");
+      ms[order.variant(k)].push_back(t);
+    }
     for (std::size_t v = 0; v < nv; ++v) {
-      std::vector<float> ms(static_cast<std::size_t>(iters));
-      for (std::size_t i = 0; i < ms.size(); ++i) {
-        const std::size_t end = i * nv + v + 1;
-        RAJIT_CU_CHECK(api.cuEventElapsedTime(&ms[i], events[end - 1], events[end]),
-                       "reading an event");
-      }
-      std::sort(ms.begin(), ms.end());
-      res[v].median_ms = ms[ms.size() / 2];
-      res[v].min_ms = ms.front();
+      std::sort(ms[v].begin(), ms[v].end());
+      res[v].median_ms = ms[v][ms[v].size() / 2];
+      res[v].min_ms = ms[v].front();
       const ForwardArgs& a = variants[v][0];
       const Shape sh{static_cast<int>(a.q_std.shape[0]), static_cast<int>(a.q_std.shape[1]),
                      static_cast<int>(a.q_std.shape[2]), static_cast<int>(a.k_std.shape[2])};

@@ -1,6 +1,7 @@
 /// Timing of the forward kernel: CUDA events, warm-up, median of many runs, inputs rotated so the
 /// working set is several times the L2 (S45); also the host dispatch microbenchmark.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -25,6 +26,12 @@ struct BenchOptions {
   /// true: per-head gates in [0.5, 1.5]; false: w_std, w_rec and w_disc null, ra-math's default
   /// (all ones), so the kernels skip the query tile's gate pass (bench_forward only).
   bool gates = true;
+  /// Where kernels are timed in turn (time_forward_with_baseline): launches per kernel per turn,
+  /// the first of each turn untimed. 1 (strict alternation, each launch timed right after the
+  /// other kernel) is the default: longer turns let the d128 kernels' slow and fast modes fall
+  /// on different kernels, while timing each kernel after itself moved the price by under 1%
+  /// (perf-notes v8).
+  int turn = 1;
 };
 
 struct BenchResult {
@@ -66,15 +73,36 @@ class ForwardInputs {
   bool folded_ = false;
 };
 
+/// The launch order of kernels timed in turn: `variants` kernels in turns of `turn` launches each
+/// (kernel 0 `turn` times, kernel 1 `turn` times, ..., kernel 0, ...), over `sets` input sets.
+/// Only a launch that follows a launch of the same kernel is timed (with one kernel, or turns of
+/// one, every launch is), and there are enough turns for `timed_per_variant` timed launches of
+/// each kernel. Launch k reads set k % cycle(): the set touched longest ago, as when one kernel
+/// is timed alone; cycle() is the largest count up to `sets` over which every kernel still reads
+/// every set (strict alternation over an even count would pair each kernel with half of them).
+struct TurnSchedule {
+  TurnSchedule(int variants, int turn, int sets, int timed_per_variant);
+  std::size_t launches() const noexcept { return launches_; }
+  std::size_t variant(std::size_t launch) const noexcept { return (launch / turn_) % variants_; }
+  std::size_t set(std::size_t launch) const noexcept { return launch % cycle_; }
+  bool timed(std::size_t launch) const noexcept { return turn_ == 1 || launch % turn_ != 0; }
+  std::size_t cycle() const noexcept { return cycle_; }
+
+ private:
+  std::size_t variants_, turn_, cycle_, launches_;
+};
+
 /// Times forward() over `inputs` (rotating sets) with `tile` pinned, or the default choice.
 /// Throws: what forward() throws, rt::DriverError (events).
 BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> tile,
                          const BenchOptions& options = {});
 
 /// Times RA over `inputs` and its plain baseline (ForwardInputs::plain_baseline) on the same
-/// buffers, launched in turn so both run under the same clocks and power state: the price of RA
-/// without the run-to-run swing of a kernel timed alone (about 10% at (2,16,8192) head_dim 128,
-/// perf-notes v7f). `tile` is pinned for both, or the default choice. Needs folded rows or r = 0.
+/// buffers, launched in turns of options.turn launches each, so both run under the same clocks
+/// and power state: the price of RA without the run-to-run swing of a kernel timed alone (about
+/// 10% at (2,16,8192) head_dim 128, perf-notes v7f). Only launches that follow a launch of the same
+/// kernel are timed, as when a kernel is timed alone. `tile` is pinned for both, or the default
+/// choice. Needs folded rows or r = 0.
 /// Throws: what forward() throws, std::logic_error (separate operands).
 std::pair<BenchResult, BenchResult> time_forward_with_baseline(
     ForwardInputs& inputs, std::optional<gen::TileConfig> tile, const BenchOptions& options = {});

@@ -317,15 +317,18 @@ struct TmaFwdKernel {
   // past seqlen_k hold 0; their scores are masked. Whole float4s are read where all four keys
   // exist and the row starts on 16 bytes; rows that do not (T not a multiple of 4) are read by
   // single floats, and only where the row holds every key (no TMA box reads them).
-  __device__ __forceinline__ void fill_bias_row(int n_keys, float bias_log2) const {
+  // Returns w_disc log2(e). The gate is read after the first batch of bias loads is issued:
+  // ptxas puts a loop-invariant product ahead of the loop, and waiting there for the gate held
+  // back every load of the row (perf-notes v8).
+  __device__ __forceinline__ float fill_bias_row(int n_keys) const {
     const float* src = p.bias + bias_off;
     const int seqlen_k = p.seqlen_k;
     const bool vectors = (reinterpret_cast<unsigned long long>(src) & 15) == 0;
     float* dst = reinterpret_cast<float*>(dev::shared_to_generic(smem_s + C::kRowOffset));
     constexpr int kUnroll = 4;  // loads in flight per thread before its first store
     constexpr int kStride = C::kThreads * 4;
-    for (int i0 = tid * 4; i0 < n_keys; i0 += kStride * kUnroll) {
-      float4 v[kUnroll];
+    float4 v[kUnroll];
+    const auto load_batch = [&](int i0) {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = i0 + u * kStride;
@@ -341,6 +344,8 @@ struct TmaFwdKernel {
           }
         }
       }
+    };
+    const auto store_batch = [&](int i0, float bias_log2) {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = i0 + u * kStride;
@@ -349,7 +354,16 @@ struct TmaFwdKernel {
               v[u].x * bias_log2, v[u].y * bias_log2, v[u].z * bias_log2, v[u].w * bias_log2);
         }
       }
+    };
+    int i0 = tid * 4;
+    load_batch(i0);
+    const float bias_log2 = load_gate(p.w_disc) * 1.4426950408889634f;
+    store_batch(i0, bias_log2);
+    for (i0 += kStride * kUnroll; i0 < n_keys; i0 += kStride * kUnroll) {
+      load_batch(i0);
+      store_batch(i0, bias_log2);
     }
+    return bias_log2;
   }
   // The softmax of one key tile (wgmma_fwd_steps.cuh) with this tile's preloaded bias pairs.
   __device__ __forceinline__ void softmax(float (&s)[C::kSRegs], const float (&bias)[kBiasRegs],
@@ -370,10 +384,9 @@ struct TmaFwdKernel {
   __device__ void run() {
     // The gates first: their global loads then overlap the barrier setup and the query tile's
     // TMA instead of starting after its wait. Only the ones the spec uses (a plain kernel loads
-    // w_std alone, as before).
+    // w_std alone, as before); w_disc is read by fill_bias_row.
     const float w_std = load_gate(p.w_std);
     const float w_rec = C::kR > 0 ? load_gate(p.w_rec) : 1.f;
-    const float w_disc = C::Bias::kHasBias ? load_gate(p.w_disc) : 1.f;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
     const int diag = seqlen_k - seqlen_q;
     int n_end = seqlen_k;
@@ -402,12 +415,13 @@ struct TmaFwdKernel {
     }
     zero_padding_groups();
     __syncthreads();  // barriers initialised; constant groups written before any box lands
-    const float bias_log2 = C::Bias::kHasBias ? w_disc * 1.4426950408889634f : 0.f;
     dev::as_tma_issuer(tid, [&] {
       issue_query();
       for (int s = 0; s < C::kStages - 2 && s < n_tiles; ++s) issue_kv(s, s);
     });
-    if (C::Bias::kHasBias && row_end > 0) fill_bias_row(row_end * C::kBlockN, bias_log2);
+    // w_disc's product is formed in the fill, after the boxes are started and the row's loads
+    // issued: waiting for the gate's load must hold back neither (perf-notes v8).
+    const float bias_log2 = C::Bias::kHasBias ? fill_bias_row(row_end * C::kBlockN) : 0.f;
     dev::mbarrier_wait(query_barrier(), 0);
     scale_query_by_gates(w_std, w_rec);
     dev::fence_proxy_async_shared();  // gated Q, ones and zeros -> wgmma's proxy
