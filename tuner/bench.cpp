@@ -45,12 +45,20 @@ std::unique_ptr<InputSet> make_set(const gen::AttentionSpec& s, const Shape& sh,
                                    const std::vector<float>& fnoise, bool folded) {
   auto set = std::make_unique<InputSet>();
   const long long B = sh.batch, H = sh.heads, Tq = sh.seqlen_q, Tk = sh.seqlen_k;
+  // Each tensor reads the noise from its own start, an odd number of elements past the last
+  // one's: from one start, Q and K were the same tensor and each row's largest score sat on its
+  // diagonal (perf-notes v8). An odd shift is no multiple of a row, so no row repeats another's.
+  constexpr std::size_t kShift = 349525;  // about a third of the noise
+  std::size_t start = 0;
   const auto fill = [&](rt::DeviceBuffer& buf, TensorView& view, long long T, long long W) {
     const std::size_t n = static_cast<std::size_t>(B * H * T * std::max(W, 1LL));
     buf = rt::DeviceBuffer(n * 2);
-    for (std::size_t off = 0; off < n; off += noise.size()) {
-      buf.upload(noise.data(), std::min(noise.size(), n - off) * 2, off * 2);
+    for (std::size_t off = 0, src = start; off < n; src = 0) {
+      const std::size_t len = std::min(noise.size() - src, n - off);
+      buf.upload(noise.data() + src, len * 2, off * 2);
+      off += len;
     }
+    start = (start + kShift) % noise.size();
     view.ptr = buf.data();
     view.shape = {B, H, T, W};
     view.stride = {H * T * W, T * W, W, 1};
