@@ -47,7 +47,8 @@ std::unique_ptr<InputSet> make_set(const gen::AttentionSpec& s, const Shape& sh,
   const long long B = sh.batch, H = sh.heads, Tq = sh.seqlen_q, Tk = sh.seqlen_k;
   // Each tensor reads the noise from its own start, an odd number of elements past the last
   // one's: from one start, Q and K were the same tensor and each row's largest score sat on its
-  // diagonal (perf-notes v8). An odd shift is no multiple of a row, so no row repeats another's.
+  // diagonal (perf-notes v8). The tensors whose rows meet in Q K^T are filled one after the
+  // other, and an odd shift is no multiple of a row, so none of their rows repeats another's.
   constexpr std::size_t kShift = 349525;  // about a third of the noise
   std::size_t start = 0;
   const auto fill = [&](rt::DeviceBuffer& buf, TensorView& view, long long T, long long W) {

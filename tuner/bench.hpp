@@ -100,8 +100,8 @@ BenchResult time_forward(ForwardInputs& inputs, std::optional<gen::TileConfig> t
 /// Times RA over `inputs` and its plain baseline (ForwardInputs::plain_baseline) on the same
 /// buffers, launched in turns of options.turn launches each, so both run under the same clocks
 /// and power state: the price of RA without the run-to-run swing of a kernel timed alone (about
-/// 10% at (2,16,8192) head_dim 128, perf-notes v7f). Only launches that follow a launch of the same
-/// kernel are timed, as when a kernel is timed alone. `tile` is pinned for both, or the default
+/// 10% at (2,16,8192) head_dim 128, perf-notes v7f); with turns longer than one, only launches
+/// that follow a launch of the same kernel are timed. `tile` is pinned for both, or the default
 /// choice. Needs folded rows or r = 0.
 /// Throws: what forward() throws, std::logic_error (separate operands).
 std::pair<BenchResult, BenchResult> time_forward_with_baseline(
