@@ -523,6 +523,11 @@ int cmd_bench(const SpecFlags& sf, const BenchFlags& bf) {
   if (bf.gates == "none" && bf.backward) {
     throw gen::SpecError({"gates=none: forward timing only (--backward learns the gates)"});
   }
+  if (bf.turn != 1 && (bf.layout != "folded" || bf.no_baseline || bf.backward || bf.sweep)) {
+    throw gen::SpecError({fmt::format(
+        "turn={}: only where RA and its baseline are timed in turn (--layout folded, without "
+        "--no-baseline, --backward or --sweep)", bf.turn)});
+  }
   std::vector<tune::Shape> shapes;
   for (const auto& t : bf.shapes) shapes.push_back(parse_shape(t));
   if (shapes.empty()) shapes.push_back(sf.shape());

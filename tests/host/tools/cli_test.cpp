@@ -110,6 +110,23 @@ TEST_CASE("cli: bench --gates takes random or none, and none only for forward ti
   CHECK(cli::contains(backward.err, "gates=none: forward timing only"));
 }
 
+TEST_CASE("cli: bench --turn is a count from 1, and only where RA and its baseline run in turn") {
+  cli::TempFolder cache("cli-cache");
+  const auto zero = cli::rajit({"bench", "--layout", "folded", "--turn", "0"}, cache.path());
+  CAPTURE(describe(zero));
+  CHECK(zero.exit_code != 0);
+  CHECK(cli::contains(zero.err, "--turn"));
+  const auto separate = cli::rajit({"bench", "--turn", "10"}, cache.path());
+  CAPTURE(describe(separate));
+  CHECK(separate.exit_code == 2);
+  CHECK(cli::contains(separate.err, "turn=10: only where RA and its baseline are timed in turn"));
+  const auto alone = cli::rajit({"bench", "--layout", "folded", "--turn", "10", "--no-baseline"},
+                                cache.path());
+  CAPTURE(describe(alone));
+  CHECK(alone.exit_code == 2);
+  CHECK(cli::contains(alone.err, "turn=10:"));
+}
+
 TEST_CASE("cli: gen with an unsupported arch exits 2 naming the allowed archs") {
   cli::TempFolder cache("cli-cache");
   cli::TempFolder work("cli-out");
