@@ -131,7 +131,7 @@ CheckResult run_forward_check(const CheckOptions& opt) {
   const long long bias_batch = opt.bias_per_batch ? B : 1;
   std::vector<float> bias(static_cast<std::size_t>(bias_batch * H * Tk));
   std::normal_distribution<float> unit(0.f, 1.f);
-  for (auto& x : bias) x = unit(rng);
+  for (auto& x : bias) x = static_cast<float>(opt.bias_scale) * unit(rng);
   std::vector<float> w_std(H), w_rec(H), w_disc(H);
   std::uniform_real_distribution<float> gate(0.5f, 1.5f);
   for (long long h = 0; h < H; ++h) {

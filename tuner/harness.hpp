@@ -28,6 +28,7 @@ struct CheckOptions {
   bool bias_per_batch = false;  ///< false: one bias vector per head shared over the batch
   bool random_gates = true;     ///< false: gates are null (all ones)
   double scale = 0;
+  double bias_scale = 1;  ///< run_forward_check: the bias is N(0, bias_scale^2)
   std::optional<gen::TileConfig> tile;
   std::optional<gen::TileConfig> backward_tile;  ///< run_backward_check: pin the dK/dV tile
   std::uint64_t seed = 1;

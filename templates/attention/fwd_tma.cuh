@@ -17,7 +17,8 @@
 //  - the bias row: every CTA reads the bias of its first FwdParams::bias_row_keys keys (all of
 //    them when the launch's shared memory allows) once, while the query tile's TMA is in flight,
 //    scales it by w_disc log2(e) and keeps it; those key tiles' softmax reads ready values (no
-//    box, no multiply per tile: perf-notes v7);
+//    box, no multiply per tile: perf-notes v7). Where kBiasByMma, the row holds bf16 hi/lo
+//    pairs in the score's units instead, and a k16 step of Q K^T adds them (perf-notes v9);
 //  - key tiles past the row: the tile's bias vector arrives with it by TMA into its stage and is
 //    read and scaled after the wait for Q K^T.
 #pragma once
@@ -54,6 +55,18 @@ struct TmaFwdConfig {
   static constexpr int kStdSteps = tma_std_steps(kDStd, kR, kFolded);  // k16 steps over the slices
   static constexpr int kTailColumn = kStdSteps * 16;  // first column of the std tail group
   static constexpr int kLowSteps = kLowGroups / 2;     // k16 steps over the low part
+  // The bias row's values added by the tensor cores: one more k16 step of Q K^T (bias_ones x the
+  // row as an MN-major B operand) instead of per-tile shared loads of bias pairs, whose shared
+  // wavefronts were the whole price of the bias at head_dim 128 (perf-notes v9). Only where
+  // Q K^T has 8 or more k16 steps: at 4 (head_dim 64) the step is 1/8 more tensor work and costs
+  // more than the loads.
+  static constexpr bool kBiasByMma = Bias::kHasBias && kStdSteps + kLowSteps >= 8;
+  // The value bias_ones holds, a power of two: 1 for bf16 (fp32's range); 256 for fp16, whose
+  // hi/lo pairs then hold the row's values / 256, up to +-1.6e7 (the row clamps there: a score
+  // that far below every other in its row weighs nothing either way) to within 2^-22 of the value
+  // plus 2^-17 (half the lo parts' subnormal step, times 256).
+  static constexpr float kBiasOne = Element::kIsBf16 ? 1.f : 256.f;
+  static constexpr float kBiasClamp = Element::kIsBf16 ? 1.2676506e30f : 65504.f * 256.f;
   static constexpr int kPvSteps = kBlockN / 16;
   static constexpr int kSRegs = kBlockN / 2;
   static constexpr int kORegs = kHeadDim / 2;
@@ -73,7 +86,9 @@ struct TmaFwdConfig {
   static constexpr int kBiasOffset = kBarrierOffset + kTmaBarrierBytes;
   static constexpr int kBiasBytes = Bias::kHasBias ? kStages * kBlockN * 4 : 0;
   static constexpr int kRowOffset = kBiasOffset + kBiasBytes;
-  static constexpr int kSharedBytes = 1024 + kRowOffset;  // + the launch's bias row
+  // + the launch's bias row, then kTmaBiasRowPadBytes the bias step may read past its end
+  static constexpr int kSharedBytes =
+      1024 + kRowOffset + (Bias::kHasBias ? kTmaBiasRowPadBytes : 0);
   // Bytes each stage's boxes deliver (out-of-bounds fill included, as TMA counts it), without
   // the bias vector of a tile past the bias row.
   static constexpr int kStageTxBytes = kKStdBytes + kLowOperandGroups * kBlockN * 16 + kVBytes;
@@ -111,6 +126,9 @@ struct TmaFwdKernel {
   // Address fields (>> 4) of this warpgroup's Q rows (standard and low part) and of stage 0's K
   // and V; k-steps and stages are compile-time offsets added to them.
   u32 q_desc0, q_low_desc0, k_desc0, v_desc0;
+  // The bias step's A operand (kBiasByMma): ones in columns 0 and 1 of every row, zeros elsewhere
+  // (lanes 4i hold columns 0-1 in registers 0 and 1, m16n8k16 A layout). Set by run().
+  u32 bias_ones[4];
 
   __device__ __forceinline__ u32 stage_base(int stage) const {
     return smem_s + C::kQoBytes + stage * C::kStageBytes;
@@ -261,7 +279,19 @@ struct TmaFwdKernel {
     dev::mbarrier_wait(landed_barrier(stage), (tile / C::kStages) & 1);
   }
 
-  __device__ __forceinline__ void issue_qk(float (&s)[C::kSRegs], int stage) const {
+  // The bias row as the B operand of a k16 step (kBiasByMma): MN-major without swizzle, so an
+  // 8-key group's core matrix is 8 K-rows of 16 bytes (8 keys each), groups 32 bytes apart
+  // (stride offset) and the second 8 K-rows 16 bytes on (leading offset). Group g is stored as
+  // [hi of keys 8g..8g+7][lo of the same keys], so K-rows 0 and 1 are the keys' hi and lo parts
+  // and rows 2-15 alias the next groups' (finite values that bias_ones' zeros cancel). 4 bytes
+  // per key, as the fp32 row took.
+  __device__ __forceinline__ unsigned long long bias_row_descriptor(int tile) const {
+    return dev::interleave_descriptor(smem_s + C::kRowOffset + tile * C::kBlockN * 4, 16, 32);
+  }
+  // S (+)= Q K^T of the tile in `stage`; with kBiasStep, then S += the bias row's values of key
+  // tile `tile` (one more k16 step: bias_ones x the row).
+  template <bool kBiasStep = false>
+  __device__ __forceinline__ void issue_qk(float (&s)[C::kSRegs], int stage, int tile = 0) const {
     const u32 k_desc = k_desc0 + stage_step(stage);
 #pragma unroll
     for (int ks = 0; ks < C::kStdSteps; ++ks) {
@@ -277,6 +307,9 @@ struct TmaFwdKernel {
           s, low_descriptor<C::kBlockM>(q_low + ((j * 2 * C::kBlockM * 16) >> 4)),
           low_descriptor<C::kBlockN>(k_low + ((j * 2 * C::kBlockN * 16) >> 4)),
           C::kStdSteps > 0 || j > 0);
+    }
+    if constexpr (kBiasStep) {
+      dev::wgmma_rs<C::kBlockN, E>(s, bias_ones, bias_row_descriptor(tile), 1);
     }
   }
 
@@ -320,6 +353,11 @@ struct TmaFwdKernel {
   // Returns w_disc log2(e). The gate is read after the first batch of bias loads is issued:
   // ptxas puts a loop-invariant product ahead of the loop, and waiting there for the gate held
   // back every load of the row (perf-notes v8).
+  //
+  // kBiasByMma: the row holds each key's bias times w_disc / scale (the score's units before the
+  // softmax scale), over C::kBiasOne, as a hi/lo pair in bias_row_descriptor's layout, clamped
+  // to +-C::kBiasClamp so that every pair is finite (the bias step multiplies aliased pairs by
+  // zero), and the kTmaBiasRowPadBytes after the row hold zeros.
   __device__ __forceinline__ float fill_bias_row(int n_keys) const {
     const float* src = p.bias + bias_off;
     const int seqlen_k = p.seqlen_k;
@@ -345,27 +383,53 @@ struct TmaFwdKernel {
         }
       }
     };
-    const auto store_batch = [&](int i0, float bias_log2) {
+    const auto store_batch = [&](int i0, float row_scale) {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = i0 + u * kStride;
         if (i < n_keys) {
-          *reinterpret_cast<float4*>(dst + i) = make_float4(
-              v[u].x * bias_log2, v[u].y * bias_log2, v[u].z * bias_log2, v[u].w * bias_log2);
+          const float4 x = make_float4(v[u].x * row_scale, v[u].y * row_scale,
+                                       v[u].z * row_scale, v[u].w * row_scale);
+          if constexpr (C::kBiasByMma) {
+            store_hi_lo(reinterpret_cast<char*>(dst) + 32 * (i / 8) + 2 * (i % 8), x);
+          } else {
+            *reinterpret_cast<float4*>(dst + i) = x;
+          }
         }
       }
     };
     int i0 = tid * 4;
     load_batch(i0);
     const float bias_log2 = load_gate(p.w_disc) * 1.4426950408889634f;
-    store_batch(i0, bias_log2);
+    const float row_scale = C::kBiasByMma ? bias_log2 / (p.scale_log2 * C::kBiasOne) : bias_log2;
+    store_batch(i0, row_scale);
     for (i0 += kStride * kUnroll; i0 < n_keys; i0 += kStride * kUnroll) {
       load_batch(i0);
-      store_batch(i0, bias_log2);
+      store_batch(i0, row_scale);
+    }
+    if constexpr (C::kBiasByMma) {
+      if (tid < kTmaBiasRowPadBytes / 16) {
+        reinterpret_cast<uint4*>(dst + n_keys)[tid] = make_uint4(0, 0, 0, 0);
+      }
     }
     return bias_log2;
   }
-  // The softmax of one key tile (wgmma_fwd_steps.cuh) with this tile's preloaded bias pairs.
+  // Four consecutive keys' values as bf16 hi/lo pairs: hi parts at `at`, lo parts 16 bytes on.
+  __device__ __forceinline__ static void store_hi_lo(char* at, float4 x) {
+    constexpr float kBig = C::kBiasClamp / C::kBiasOne;
+    x.x = fminf(fmaxf(x.x, -kBig), kBig);
+    x.y = fminf(fmaxf(x.y, -kBig), kBig);
+    x.z = fminf(fmaxf(x.z, -kBig), kBig);
+    x.w = fminf(fmaxf(x.w, -kBig), kBig);
+    const u32 hi01 = E::pack(x.x, x.y), hi23 = E::pack(x.z, x.w);
+    const u32 lo01 = E::pack(x.x - E::lo(hi01), x.y - E::hi(hi01));
+    const u32 lo23 = E::pack(x.z - E::lo(hi23), x.w - E::hi(hi23));
+    *reinterpret_cast<uint2*>(at) = make_uint2(hi01, hi23);
+    *reinterpret_cast<uint2*>(at + 16) = make_uint2(lo01, lo23);
+  }
+  // The softmax of one key tile (wgmma_fwd_steps.cuh) with this tile's preloaded bias pairs
+  // (kAddBias) or with its bias already in S.
+  template <bool kAddBias>
   __device__ __forceinline__ void softmax(float (&s)[C::kSRegs], const float (&bias)[kBiasRegs],
                                           int tile, int warp_row0, int diag, float (&row_max)[2],
                                           float (&row_sum)[2], float (&correction)[2]) const {
@@ -373,7 +437,8 @@ struct TmaFwdKernel {
       b0 = bias[2 * nt];
       b1 = bias[2 * nt + 1];
     };
-    wgmma_fwd::softmax<C>(p, s, tile, warp_row0, diag, bias_pair, row_max, row_sum, correction);
+    wgmma_fwd::softmax<C, kAddBias && C::Bias::kHasBias>(p, s, tile, warp_row0, diag, bias_pair,
+                                                         row_max, row_sum, correction);
   }
 
   // This head's gate from a per-head array; null = all ones.
@@ -405,6 +470,13 @@ struct TmaFwdKernel {
     v_desc0 = static_cast<u32>(
         dev::sw128_descriptor(smem_s + C::kQoBytes + C::kKStdBytes + C::kKLowBytes, 0, 0));
 
+    if constexpr (C::kBiasByMma) {
+      const u32 ones = dev::lane_id() % 4 == 0 ? E::pack(C::kBiasOne, C::kBiasOne) : 0u;
+      bias_ones[0] = ones;
+      bias_ones[1] = ones;
+      bias_ones[2] = 0u;
+      bias_ones[3] = 0u;
+    }
     if (tid == 0) {
       for (int s = 0; s < C::kStages; ++s) {
         dev::mbarrier_init(landed_barrier(s), 1);
@@ -441,31 +513,35 @@ struct TmaFwdKernel {
     // The first key tile: Q K^T alone. The others: Q K^T of this tile issued with P V of the
     // previous one, the softmax overlapping P V. One copy of each per source of the bias.
     const auto first_tile = [&](auto from_row) {
+      // A tile of the bias row in a kBiasByMma kernel: its bias comes with Q K^T.
+      constexpr bool kBiasStep = decltype(from_row)::value && C::kBiasByMma;
       advance_pipeline(0, 0, n_tiles);
       dev::wgmma_fence();
-      issue_qk(s, 0);
+      issue_qk<kBiasStep>(s, 0, 0);
       dev::wgmma_commit();
       dev::wgmma_wait<0>();
       dev::fence_registers(s);
-      load_bias<decltype(from_row)::value>(bias, 0, 0, bias_log2);
+      if constexpr (!kBiasStep) load_bias<decltype(from_row)::value>(bias, 0, 0, bias_log2);
       float correction[2];
-      softmax(s, bias, 0, warp_row0, diag, row_max, row_sum, correction);
+      softmax<!kBiasStep>(s, bias, 0, warp_row0, diag, row_max, row_sum, correction);
       wgmma_fwd::pack_p<C>(pa, s);
     };
     const auto next_tile = [&](auto from_row, int tile) {
+      // A tile of the bias row in a kBiasByMma kernel: its bias comes with Q K^T.
+      constexpr bool kBiasStep = decltype(from_row)::value && C::kBiasByMma;
       const int prev_stage = stage;
       stage = wrap_stage(stage + 1);
       advance_pipeline(tile, stage, n_tiles);
       dev::wgmma_fence();
-      issue_qk(s, stage);
+      issue_qk<kBiasStep>(s, stage, tile);
       dev::wgmma_commit();
       issue_pv(o_acc, pa, prev_stage);
       dev::wgmma_commit();
       dev::wgmma_wait<1>();
       dev::fence_registers(s);
-      load_bias<decltype(from_row)::value>(bias, tile, stage, bias_log2);
+      if constexpr (!kBiasStep) load_bias<decltype(from_row)::value>(bias, tile, stage, bias_log2);
       float correction[2];
-      softmax(s, bias, tile, warp_row0, diag, row_max, row_sum, correction);
+      softmax<!kBiasStep>(s, bias, tile, warp_row0, diag, row_max, row_sum, correction);
       dev::wgmma_wait_all_after(row_sum[0], row_sum[1], smem_s + C::kBarrierOffset,
                                 p.seqlen_q < 0);
       dev::fence_registers(o_acc);

@@ -231,10 +231,14 @@ RAJIT_HOST_DEVICE constexpr int tma_low_groups(int d_std, int r, bool folded) {
   return round_up(tma_low_operand_groups(d_std, r, folded), 2);
 }
 inline constexpr int kTmaBarrierBytes = 128;  // 2 per stage (landed, released) + the query's
+/// Bytes after a TMA tile's bias row that its bias step may read (fwd_tma.cuh, kBiasByMma): the
+/// last 8-key group's core matrices reach 112 bytes past the row; they hold zeros.
+inline constexpr int kTmaBiasRowPadBytes = 128;
 
 /// Shared memory of a TMA forward tile as compiled (mirrors attention/fwd_tma.cuh): alignment
 /// slack, the query tile (swizzled slices, low groups; O staging aliases it), per stage K
-/// (slices, low groups) and V, the mbarriers, then with a bias one bias vector per stage.
+/// (slices, low groups) and V, the mbarriers, then with a bias one bias vector per stage and the
+/// bias row's padding.
 /// Swizzled regions start 1024-byte aligned. A launch in the bias-row mode adds the row after it.
 RAJIT_HOST_DEVICE constexpr int tma_fwd_shared_bytes(int d_std, int r, int head_dim, int block_m,
                                                      int block_n, int stages, bool bias,
@@ -246,7 +250,7 @@ RAJIT_HOST_DEVICE constexpr int tma_fwd_shared_bytes(int d_std, int r, int head_
   const int per_stage = block_n * slices * 128 + round_up(groups * block_n * 16, 1024) +
                         block_n * wgmma_slices(head_dim) * 128;
   return 1024 + round_up(q > o ? q : o, 1024) + stages * per_stage + kTmaBarrierBytes +
-         (bias ? stages * block_n * 4 : 0);
+         (bias ? stages * block_n * 4 + kTmaBiasRowPadBytes : 0);
 }
 
 /// CTAs per SM for a TMA tile: 2 when two CTAs' registers and shared memory fit an sm_90 SM.

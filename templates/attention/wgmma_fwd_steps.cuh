@@ -25,8 +25,9 @@ __device__ __forceinline__ bool needs_mask(const FwdParams& p, int tile, int war
 /// Online softmax in base 2 over S of key tile `tile`: S becomes P (fp32), the running row maxima
 /// and sums advance, and `correction` is the factor O must be rescaled by.
 /// `bias_pair(lane, nt, b0, b1)` gives this thread's two bias columns of n8 tile nt, already
-/// scaled to base 2 (called only with a bias; each pair is used for both rows, then dies).
-template <class C, bool kMasked, class BiasPair>
+/// scaled to base 2 (called only when kAddBias; each pair is used for both rows, then dies).
+/// kAddBias is false for a spec without a bias and for tiles whose bias the MMA already added.
+template <class C, bool kMasked, bool kAddBias, class BiasPair>
 __device__ __forceinline__ void softmax_tile(const FwdParams& p, float (&s)[C::kSRegs], int tile,
                                              int warp_row0, int diag, BiasPair&& bias_pair,
                                              float (&row_max)[2], float (&row_sum)[2],
@@ -49,13 +50,13 @@ __device__ __forceinline__ void softmax_tile(const FwdParams& p, float (&s)[C::k
 #pragma unroll
   for (int nt = 0; nt < C::kBlockN / 8; ++nt) {
     float bias[2] = {0.f, 0.f};
-    if constexpr (C::Bias::kHasBias) bias_pair(lane, nt, bias[0], bias[1]);
+    if constexpr (kAddBias) bias_pair(lane, nt, bias[0], bias[1]);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float& x = s[nt * 4 + half * 2 + e];
-        x = C::Bias::kHasBias ? fmaf(x, p.scale_log2, bias[e]) : x * p.scale_log2;
+        x = kAddBias ? fmaf(x, p.scale_log2, bias[e]) : x * p.scale_log2;
         if constexpr (kMasked) {
           if (nt * 8 + e > last[half]) x = -__int_as_float(0x7f800000);
         }
@@ -96,15 +97,17 @@ __device__ __forceinline__ void softmax_tile(const FwdParams& p, float (&s)[C::k
 /// The softmax of one key tile, masked or not. A separate copy per case: with the mask test
 /// inside one copy, the compiler if-converts it and every tile pays two compares and a select
 /// per element.
-template <class C, class BiasPair>
+template <class C, bool kAddBias = C::Bias::kHasBias, class BiasPair>
 __device__ __forceinline__ void softmax(const FwdParams& p, float (&s)[C::kSRegs], int tile,
                                         int warp_row0, int diag, BiasPair&& bias_pair,
                                         float (&row_max)[2], float (&row_sum)[2],
                                         float (&correction)[2]) {
   if (needs_mask<C>(p, tile, warp_row0, diag)) {
-    softmax_tile<C, true>(p, s, tile, warp_row0, diag, bias_pair, row_max, row_sum, correction);
+    softmax_tile<C, true, kAddBias>(p, s, tile, warp_row0, diag, bias_pair, row_max, row_sum,
+                                   correction);
   } else {
-    softmax_tile<C, false>(p, s, tile, warp_row0, diag, bias_pair, row_max, row_sum, correction);
+    softmax_tile<C, false, kAddBias>(p, s, tile, warp_row0, diag, bias_pair, row_max, row_sum,
+                                    correction);
   }
 }
 

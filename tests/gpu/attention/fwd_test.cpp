@@ -105,8 +105,9 @@ TEST_CASE("forward: matches the float64 reference over the spec grid, odd shapes
 // allows TMA: folded rows (.tmafold) or separate operands (.tma). Checks that each kind really
 // runs (and is right), that a TMA call with a bias keeps each CTA's scaled bias row in shared
 // memory (all of it, or its first key tiles where the row is too long, the rest by per-stage
-// vectors), and that the fallbacks happen where they must: bias rows that do not start on 16
-// bytes (Tk not a multiple of 4) and are longer than the bias row, and RAJIT_TMA=0.
+// vectors), that a large bias keeps its precision where the tensor cores add it, and that the
+// fallbacks happen where they must: bias rows that do not start on 16 bytes (Tk not a multiple of
+// 4) and are longer than the bias row, and RAJIT_TMA=0.
 TEST_CASE("forward: the TMA kernels run for folded and separate operands and fall back where "
           "TMA cannot read the tensors") {
   using rajit::gen::MmaKind;
@@ -210,6 +211,40 @@ TEST_CASE("forward: the TMA kernels run for folded and separate operands and fal
     CHECK(r.tile.mma == MmaKind::kWgmma);
     CHECK(r.bias_row_keys == 0);
     CHECK(r.passed);
+  }
+  // A bias of N(0, 40^2): where the tensor cores add the bias row (head_dim 128) its values are
+  // hi/lo pairs of the element type, and the hi parts alone would be 0.01-0.1 off in the logits,
+  // far past the tolerance; the head_dim 64 kernel adds fp32 values. Tk = 13000 also takes the
+  // key tiles past the row from the per-stage vectors.
+  struct LargeBiasCase {
+    AttentionSpec spec;
+    Shape shape;
+    std::optional<rajit::gen::TileConfig> tile;
+  };
+  const LargeBiasCase large_bias[] = {
+      {{120, 8, 128, true, BiasKind::kColumn, Dtype::kBf16}, {2, 3, 1000, 1000}, std::nullopt},
+      {{120, 8, 128, true, BiasKind::kColumn, Dtype::kBf16}, {1, 2, 200, 13000}, d128_tile},
+      {{120, 8, 128, false, BiasKind::kColumn, Dtype::kBf16}, {2, 2, 257, 257}, std::nullopt},
+      {{120, 8, 128, true, BiasKind::kColumn, Dtype::kFp16}, {2, 3, 1000, 1000}, std::nullopt},
+      {{120, 8, 128, false, BiasKind::kColumn, Dtype::kFp16}, {1, 2, 200, 13000}, d128_tile},
+      {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16}, {2, 3, 1000, 1000}, std::nullopt},
+  };
+  for (const LargeBiasCase& c : large_bias) {
+    rajit::tune::CheckOptions opt;
+    opt.spec = c.spec;
+    opt.shape = c.shape;
+    opt.layout = Layout::kFolded;
+    opt.bias_scale = 40;
+    opt.tile = c.tile;
+    opt.bias_per_batch = true;
+    opt.seed = 5200 + static_cast<std::uint64_t>(index++);
+    CAPTURE(c.spec.key());
+    CAPTURE(c.shape.seqlen_k);
+    const auto r = rajit::tune::run_forward_check(opt);
+    CHECK(r.tile.mma == MmaKind::kTmaFolded);
+    check_output(r);
+    MESSAGE(fmt::format("{} Tk={} bias N(0, 40^2): rel err {:.2e}", c.spec.key(),
+                        c.shape.seqlen_k, r.rel_err_o));
   }
   // RAJIT_TMA=0: the same folded call runs the cp.async kernel.
   rajit::tune::CheckOptions opt;
