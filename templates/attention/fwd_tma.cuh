@@ -17,8 +17,9 @@
 //  - the bias row: every CTA reads the bias of its first FwdParams::bias_row_keys keys (all of
 //    them when the launch's shared memory allows) once, while the query tile's TMA is in flight,
 //    scales it by w_disc log2(e) and keeps it; those key tiles' softmax reads ready values (no
-//    box, no multiply per tile: perf-notes v7). Where kBiasByMma, the row holds bf16 hi/lo
-//    pairs in the score's units instead, and a k16 step of Q K^T adds them (perf-notes v9);
+//    box, no multiply per tile: perf-notes v7). Where kBiasByMma, the row holds hi/lo pairs of
+//    the element type in the score's units instead, and a k16 step of Q K^T adds them
+//    (perf-notes v9);
 //  - key tiles past the row: the tile's bias vector arrives with it by TMA into its stage and is
 //    read and scaled after the wait for Q K^T.
 #pragma once
@@ -126,8 +127,8 @@ struct TmaFwdKernel {
   // Address fields (>> 4) of this warpgroup's Q rows (standard and low part) and of stage 0's K
   // and V; k-steps and stages are compile-time offsets added to them.
   u32 q_desc0, q_low_desc0, k_desc0, v_desc0;
-  // The bias step's A operand (kBiasByMma): ones in columns 0 and 1 of every row, zeros elsewhere
-  // (lanes 4i hold columns 0-1 in registers 0 and 1, m16n8k16 A layout). Set by run().
+  // The bias step's A operand (kBiasByMma): C::kBiasOne in columns 0 and 1 of every row, zeros
+  // elsewhere (lanes 4i hold columns 0-1 in registers 0 and 1, m16n8k16 A layout). Set by run().
   u32 bias_ones[4];
 
   __device__ __forceinline__ u32 stage_base(int stage) const {
@@ -414,7 +415,8 @@ struct TmaFwdKernel {
     }
     return bias_log2;
   }
-  // Four consecutive keys' values as bf16 hi/lo pairs: hi parts at `at`, lo parts 16 bytes on.
+  // Four consecutive keys' values (already over C::kBiasOne) as hi/lo pairs of the element type,
+  // clamped: hi parts at `at`, lo parts 16 bytes on.
   __device__ __forceinline__ static void store_hi_lo(char* at, float4 x) {
     constexpr float kBig = C::kBiasClamp / C::kBiasOne;
     x.x = fminf(fmaxf(x.x, -kBig), kBig);

@@ -232,7 +232,8 @@ RAJIT_HOST_DEVICE constexpr int tma_low_groups(int d_std, int r, bool folded) {
 }
 inline constexpr int kTmaBarrierBytes = 128;  // 2 per stage (landed, released) + the query's
 /// Bytes after a TMA tile's bias row that its bias step may read (fwd_tma.cuh, kBiasByMma): the
-/// last 8-key group's core matrices reach 112 bytes past the row; they hold zeros.
+/// last 8-key group's core matrices reach 112 bytes past the row; they hold zeros. Reserved for
+/// every TMA tile with a bias (unused where the loads add the bias), so one rule sizes them all.
 inline constexpr int kTmaBiasRowPadBytes = 128;
 
 /// Shared memory of a TMA forward tile as compiled (mirrors attention/fwd_tma.cuh): alignment
