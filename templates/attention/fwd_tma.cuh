@@ -67,7 +67,9 @@ struct TmaFwdConfig {
   // that far below every other in its row weighs nothing either way) to within 2^-22 of the value
   // plus 2^-17 (half the lo parts' subnormal step, times 256).
   static constexpr float kBiasOne = Element::kIsBf16 ? 1.f : 256.f;
-  static constexpr float kBiasClamp = Element::kIsBf16 ? 1.2676506e30f : 65504.f * 256.f;
+  // The largest hi part the row stores (2^100 for bf16, fp16's largest finite value): every pair
+  // stays finite, since the bias step multiplies aliased pairs by zero.
+  static constexpr float kBiasStoredMax = Element::kIsBf16 ? 1.2676506e30f : 65504.f;
   static constexpr int kPvSteps = kBlockN / 16;
   static constexpr int kSRegs = kBlockN / 2;
   static constexpr int kORegs = kHeadDim / 2;
@@ -124,9 +126,9 @@ struct TmaFwdKernel {
   int b, h, m0;
   int bias_off;  // b * bias_batch_stride + h * bias_head_stride: this CTA's bias row
   u32 bias_lane;  // this thread's first bias pair in stage 0 (its lane's two columns of n8 tile 0)
-  // Address fields (>> 4) of this warpgroup's Q rows (standard and low part) and of stage 0's K
-  // and V; k-steps and stages are compile-time offsets added to them.
-  u32 q_desc0, q_low_desc0, k_desc0, v_desc0;
+  // Address fields (>> 4) of this warpgroup's Q rows (standard and low part), of stage 0's K and
+  // V and of the bias row (kBiasByMma); k-steps, stages and key tiles are offsets added to them.
+  u32 q_desc0, q_low_desc0, k_desc0, v_desc0, bias_row_desc0;
   // The bias step's A operand (kBiasByMma): C::kBiasOne in columns 0 and 1 of every row, zeros
   // elsewhere (lanes 4i hold columns 0-1 in registers 0 and 1, m16n8k16 A layout). Set by run().
   u32 bias_ones[4];
@@ -226,15 +228,13 @@ struct TmaFwdKernel {
       return;
     }
     if (w_std != 1.f) {  // pad columns are zeros
-      scale_region(base, C::kQStdBytes / 16 + C::kStdTailGroups * C::kBlockM, w_std);
+      scale_chunks<E, C::kQStdBytes / 16 + C::kStdTailGroups * C::kBlockM, C::kThreads>(
+          base, w_std, tid);
     }
     if (C::kLowOperandGroups > C::kStdTailGroups && w_rec != 1.f) {
-      scale_region(base + C::kQStdBytes + C::kStdTailGroups * C::kBlockM * 16,
-                   (C::kLowOperandGroups - C::kStdTailGroups) * C::kBlockM, w_rec);
+      scale_chunks<E, (C::kLowOperandGroups - C::kStdTailGroups) * C::kBlockM, C::kThreads>(
+          base + C::kQStdBytes + C::kStdTailGroups * C::kBlockM * 16, w_rec, tid);
     }
-  }
-  __device__ __forceinline__ void scale_region(char* base, int chunks, float w) const {
-    for (int i = tid; i < chunks; i += C::kThreads) scale_16_bytes<E>(base + 16 * i, w);
   }
 
   __device__ static constexpr u32 std_step(int ks, int slice_bytes) {
@@ -286,8 +286,8 @@ struct TmaFwdKernel {
   // [hi of keys 8g..8g+7][lo of the same keys], so K-rows 0 and 1 are the keys' hi and lo parts
   // and rows 2-15 alias the next groups' (finite values that bias_ones' zeros cancel). 4 bytes
   // per key, as the fp32 row took.
-  __device__ __forceinline__ unsigned long long bias_row_descriptor(int tile) const {
-    return dev::interleave_descriptor(smem_s + C::kRowOffset + tile * C::kBlockN * 4, 16, 32);
+  __device__ __forceinline__ static unsigned long long bias_row_descriptor(u32 address_field) {
+    return dev::interleave_descriptor(0, 16, 32) | address_field;
   }
   // S (+)= Q K^T of the tile in `stage`; with kBiasStep, then S += the bias row's values of key
   // tile `tile` (one more k16 step: bias_ones x the row).
@@ -310,7 +310,9 @@ struct TmaFwdKernel {
           C::kStdSteps > 0 || j > 0);
     }
     if constexpr (kBiasStep) {
-      dev::wgmma_rs<C::kBlockN, E>(s, bias_ones, bias_row_descriptor(tile), 1);
+      const u32 tile_field = static_cast<u32>(tile) * ((C::kBlockN * 4) >> 4);
+      dev::wgmma_rs<C::kBlockN, E>(s, bias_ones, bias_row_descriptor(bias_row_desc0 + tile_field),
+                                   1);
     }
   }
 
@@ -332,6 +334,8 @@ struct TmaFwdKernel {
   template <bool kBiasRow>
   __device__ __forceinline__ void load_bias(float (&bias)[kBiasRegs], int tile, int stage,
                                             float bias_log2) const {
+    static_assert(!(kBiasRow && C::kBiasByMma),
+                  "a kBiasByMma row holds hi/lo pairs for the bias step, not fp32 values");
     if constexpr (C::Bias::kHasBias) {
       constexpr u32 kRowFromStage0 = C::kRowOffset - C::kBiasOffset;
       const u32 base = kBiasRow ? bias_lane + kRowFromStage0 + tile * C::kBlockN * 4
@@ -357,7 +361,7 @@ struct TmaFwdKernel {
   //
   // kBiasByMma: the row holds each key's bias times w_disc / scale (the score's units before the
   // softmax scale), over C::kBiasOne, as a hi/lo pair in bias_row_descriptor's layout, clamped
-  // to +-C::kBiasClamp so that every pair is finite (the bias step multiplies aliased pairs by
+  // so that every hi part is within +-C::kBiasStoredMax (the bias step multiplies aliased pairs by
   // zero), and the kTmaBiasRowPadBytes after the row hold zeros.
   __device__ __forceinline__ float fill_bias_row(int n_keys) const {
     const float* src = p.bias + bias_off;
@@ -418,7 +422,7 @@ struct TmaFwdKernel {
   // Four consecutive keys' values (already over C::kBiasOne) as hi/lo pairs of the element type,
   // clamped: hi parts at `at`, lo parts 16 bytes on.
   __device__ __forceinline__ static void store_hi_lo(char* at, float4 x) {
-    constexpr float kBig = C::kBiasClamp / C::kBiasOne;
+    constexpr float kBig = C::kBiasStoredMax;
     x.x = fminf(fmaxf(x.x, -kBig), kBig);
     x.y = fminf(fmaxf(x.y, -kBig), kBig);
     x.z = fminf(fmaxf(x.z, -kBig), kBig);
@@ -442,6 +446,10 @@ struct TmaFwdKernel {
     wgmma_fwd::softmax<C, kAddBias && C::Bias::kHasBias>(p, s, tile, warp_row0, diag, bias_pair,
                                                          row_max, row_sum, correction);
   }
+
+  // Whether a key tile's bias comes with Q K^T (the bias step): a tile of the bias row in a
+  // kBiasByMma kernel.
+  __device__ static constexpr bool bias_step(bool from_row) { return from_row && C::kBiasByMma; }
 
   // This head's gate from a per-head array; null = all ones.
   __device__ __forceinline__ float load_gate(const float* gates) const {
@@ -471,6 +479,7 @@ struct TmaFwdKernel {
     k_desc0 = static_cast<u32>(dev::sw128_descriptor(smem_s + C::kQoBytes, 0, 0));
     v_desc0 = static_cast<u32>(
         dev::sw128_descriptor(smem_s + C::kQoBytes + C::kKStdBytes + C::kKLowBytes, 0, 0));
+    bias_row_desc0 = static_cast<u32>(dev::interleave_descriptor(smem_s + C::kRowOffset, 0, 0));
 
     if constexpr (C::kBiasByMma) {
       const u32 ones = dev::lane_id() % 4 == 0 ? E::pack(C::kBiasOne, C::kBiasOne) : 0u;
@@ -515,8 +524,7 @@ struct TmaFwdKernel {
     // The first key tile: Q K^T alone. The others: Q K^T of this tile issued with P V of the
     // previous one, the softmax overlapping P V. One copy of each per source of the bias.
     const auto first_tile = [&](auto from_row) {
-      // A tile of the bias row in a kBiasByMma kernel: its bias comes with Q K^T.
-      constexpr bool kBiasStep = decltype(from_row)::value && C::kBiasByMma;
+      constexpr bool kBiasStep = bias_step(decltype(from_row)::value);
       advance_pipeline(0, 0, n_tiles);
       dev::wgmma_fence();
       issue_qk<kBiasStep>(s, 0, 0);
@@ -529,8 +537,7 @@ struct TmaFwdKernel {
       wgmma_fwd::pack_p<C>(pa, s);
     };
     const auto next_tile = [&](auto from_row, int tile) {
-      // A tile of the bias row in a kBiasByMma kernel: its bias comes with Q K^T.
-      constexpr bool kBiasStep = decltype(from_row)::value && C::kBiasByMma;
+      constexpr bool kBiasStep = bias_step(decltype(from_row)::value);
       const int prev_stage = stage;
       stage = wrap_stage(stage + 1);
       advance_pipeline(tile, stage, n_tiles);

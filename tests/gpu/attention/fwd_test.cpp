@@ -165,38 +165,60 @@ TEST_CASE("forward: the TMA kernels run for folded and separate operands and fal
     check_output(r);
     MESSAGE(fmt::format("{} tile {}: rel err {:.2e}", where, r.tile.key(), r.rel_err_o));
   }
-  // Rows longer than a tile's bias-row capacity (7872 keys for the seeds' tile, 12480 for the
-  // d128 one) keep that many; the key tiles past it take the per-stage vectors. Tq < Tk: bottom-
-  // right causal, so the last query rows see every key.
-  struct LongCase {
+  // The bias row, two ways to get it wrong, one loop:
+  // - rows longer than a tile's bias-row capacity (7872 keys for the seeds' tile, 12480 for the
+  //   d128 one) keep that many (`row_keys`); the key tiles past it take the per-stage vectors.
+  //   Tq < Tk: bottom-right causal, so the last query rows see every key;
+  // - a bias of N(0, 40^2) (`bias_scale`): where the tensor cores add the bias row (head_dim 128)
+  //   its values are hi/lo pairs of the element type, and the hi parts alone would be 0.01-0.1
+  //   off in the logits, far past the tolerance; the head_dim 64 kernel adds fp32 values.
+  //   Tk = 13000 takes both paths in one call.
+  struct RowCase {
     AttentionSpec spec;
-    rajit::gen::TileConfig tile;
     Shape shape;
-    int row_keys;
+    std::optional<rajit::gen::TileConfig> tile;
+    std::optional<int> row_keys;
+    double bias_scale;
   };
   const rajit::gen::TileConfig seeds_tile{128, 64, 8, 4, MmaKind::kTmaFolded};
   const rajit::gen::TileConfig d128_tile{192, 64, 12, 4, MmaKind::kTmaFolded};
-  const LongCase long_cases[] = {
-      {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16}, seeds_tile, {1, 2, 200, 7872}, 7872},
-      {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16}, seeds_tile, {1, 2, 200, 9000}, 7872},
-      {{56, 8, 64, false, BiasKind::kColumn, Dtype::kFp16}, seeds_tile, {1, 1, 129, 7876}, 7872},
-      {{120, 8, 128, true, BiasKind::kColumn, Dtype::kBf16}, d128_tile, {1, 2, 200, 13000}, 12480},
+  const AttentionSpec seeds{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16};
+  const AttentionSpec d128{120, 8, 128, true, BiasKind::kColumn, Dtype::kBf16};
+  const AttentionSpec d128_fp16{120, 8, 128, true, BiasKind::kColumn, Dtype::kFp16};
+  const AttentionSpec d128_full{120, 8, 128, false, BiasKind::kColumn, Dtype::kBf16};
+  const AttentionSpec d128_full_fp16{120, 8, 128, false, BiasKind::kColumn, Dtype::kFp16};
+  const AttentionSpec seeds_full_fp16{56, 8, 64, false, BiasKind::kColumn, Dtype::kFp16};
+  const RowCase row_cases[] = {
+      {seeds, {1, 2, 200, 7872}, seeds_tile, 7872, 1},
+      {seeds, {1, 2, 200, 9000}, seeds_tile, 7872, 1},
+      {seeds_full_fp16, {1, 1, 129, 7876}, seeds_tile, 7872, 1},
+      {d128, {1, 2, 200, 13000}, d128_tile, 12480, 1},
+      {d128, {2, 3, 1000, 1000}, std::nullopt, std::nullopt, 40},
+      {d128, {1, 2, 200, 13000}, d128_tile, 12480, 40},
+      {d128_full, {2, 2, 257, 257}, std::nullopt, std::nullopt, 40},
+      {d128_fp16, {2, 3, 1000, 1000}, std::nullopt, std::nullopt, 40},
+      {d128_full_fp16, {1, 2, 200, 13000}, d128_tile, 12480, 40},
+      {seeds, {2, 3, 1000, 1000}, std::nullopt, std::nullopt, 40},
   };
-  for (const LongCase& c : long_cases) {
+  for (const RowCase& c : row_cases) {
     rajit::tune::CheckOptions opt;
     opt.spec = c.spec;
     opt.shape = c.shape;
     opt.layout = Layout::kFolded;
     opt.tile = c.tile;
+    opt.bias_scale = c.bias_scale;
     opt.bias_per_batch = true;
-    opt.seed = 5000 + static_cast<std::uint64_t>(index++);
+    opt.seed = 5200 + static_cast<std::uint64_t>(index++);
     CAPTURE(c.spec.key());
     CAPTURE(c.shape.seqlen_k);
+    CAPTURE(c.bias_scale);
     const auto r = rajit::tune::run_forward_check(opt);
-    CHECK(r.bias_row_keys == c.row_keys);
+    CHECK(r.tile.mma == MmaKind::kTmaFolded);
+    if (c.row_keys) CHECK(r.bias_row_keys == *c.row_keys);
     check_output(r);
-    MESSAGE(fmt::format("{} Tk={} bias row {} keys: rel err {:.2e}", c.spec.key(),
-                        c.shape.seqlen_k, r.bias_row_keys, r.rel_err_o));
+    MESSAGE(fmt::format("{} Tk={} bias row {} keys, bias N(0, {}^2): rel err {:.2e}",
+                        c.spec.key(), c.shape.seqlen_k, r.bias_row_keys, c.bias_scale,
+                        r.rel_err_o));
   }
   // Unaligned bias rows (Tk not a multiple of 4) longer than the bias row: no TMA box may read
   // them, so the cp.async kernel of the same shape runs.
@@ -211,40 +233,6 @@ TEST_CASE("forward: the TMA kernels run for folded and separate operands and fal
     CHECK(r.tile.mma == MmaKind::kWgmma);
     CHECK(r.bias_row_keys == 0);
     CHECK(r.passed);
-  }
-  // A bias of N(0, 40^2): where the tensor cores add the bias row (head_dim 128) its values are
-  // hi/lo pairs of the element type, and the hi parts alone would be 0.01-0.1 off in the logits,
-  // far past the tolerance; the head_dim 64 kernel adds fp32 values. Tk = 13000 also takes the
-  // key tiles past the row from the per-stage vectors.
-  struct LargeBiasCase {
-    AttentionSpec spec;
-    Shape shape;
-    std::optional<rajit::gen::TileConfig> tile;
-  };
-  const LargeBiasCase large_bias[] = {
-      {{120, 8, 128, true, BiasKind::kColumn, Dtype::kBf16}, {2, 3, 1000, 1000}, std::nullopt},
-      {{120, 8, 128, true, BiasKind::kColumn, Dtype::kBf16}, {1, 2, 200, 13000}, d128_tile},
-      {{120, 8, 128, false, BiasKind::kColumn, Dtype::kBf16}, {2, 2, 257, 257}, std::nullopt},
-      {{120, 8, 128, true, BiasKind::kColumn, Dtype::kFp16}, {2, 3, 1000, 1000}, std::nullopt},
-      {{120, 8, 128, false, BiasKind::kColumn, Dtype::kFp16}, {1, 2, 200, 13000}, d128_tile},
-      {{56, 8, 64, true, BiasKind::kColumn, Dtype::kBf16}, {2, 3, 1000, 1000}, std::nullopt},
-  };
-  for (const LargeBiasCase& c : large_bias) {
-    rajit::tune::CheckOptions opt;
-    opt.spec = c.spec;
-    opt.shape = c.shape;
-    opt.layout = Layout::kFolded;
-    opt.bias_scale = 40;
-    opt.tile = c.tile;
-    opt.bias_per_batch = true;
-    opt.seed = 5200 + static_cast<std::uint64_t>(index++);
-    CAPTURE(c.spec.key());
-    CAPTURE(c.shape.seqlen_k);
-    const auto r = rajit::tune::run_forward_check(opt);
-    CHECK(r.tile.mma == MmaKind::kTmaFolded);
-    check_output(r);
-    MESSAGE(fmt::format("{} Tk={} bias N(0, 40^2): rel err {:.2e}", c.spec.key(),
-                        c.shape.seqlen_k, r.rel_err_o));
   }
   // RAJIT_TMA=0: the same folded call runs the cp.async kernel.
   rajit::tune::CheckOptions opt;
