@@ -236,86 +236,79 @@ template <class E>
 __device__ __forceinline__ dev::u32 scale_pair(dev::u32 x, float w) {
   return E::pack(E::lo(x) * w, E::hi(x) * w);
 }
-/// The kChunks 16-byte chunks from `base` (shared memory, consecutive) times `w`, in place; loads
-/// in batches of four per thread before any store, as scale_by_gates.
-template <class E, int kChunks, int kThreads>
-__device__ __forceinline__ void scale_chunks(char* base, float w, int tid) {
-  constexpr int kPerThread = (kChunks + kThreads - 1) / kThreads;
-  constexpr int kBatch = 4;
-#pragma unroll
-  for (int i0 = 0; i0 < kPerThread; i0 += kBatch) {
-    uint4 v[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch && i0 + u < kPerThread; ++u) {
-      const int i = tid + (i0 + u) * kThreads;
-      if (kChunks % kThreads == 0 || i < kChunks) v[u] = reinterpret_cast<const uint4*>(base)[i];
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch && i0 + u < kPerThread; ++u) {
-      const int i = tid + (i0 + u) * kThreads;
-      if (kChunks % kThreads == 0 || i < kChunks) {
-        reinterpret_cast<uint4*>(base)[i] =
-            make_uint4(scale_pair<E>(v[u].x, w), scale_pair<E>(v[u].y, w),
-                       scale_pair<E>(v[u].z, w), scale_pair<E>(v[u].w, w));
-      }
-    }
-  }
-}
-
-/// Multiplies a staged folded tile by its gates once (columns < kDStd by w_std, the rest by
-/// w_rec), so the MMA sees the gated operand directly and no inner loop does gate work.
-/// 16-byte units where both widths are multiples of 8 (half the loads, stores and index math of
-/// 8-byte units), else 8-byte ones. This pass delays each CTA's first product, so a thread loads
-/// a batch of up to kGateBatch units before it scales and stores any: one shared-memory round
-/// trip per batch, where a loop of load-scale-store waited for each unit's load in turn.
-template <class E, class Tile, int kRows, int kDStd, int kR, int kThreads>
-__device__ __forceinline__ void scale_by_gates(char* dst, float w_std, float w_rec, int tid) {
-  if (w_std == 1.f && (kR == 0 || w_rec == 1.f)) return;  // uniform across the CTA
-  constexpr int kUnitElems = kDStd % 8 == 0 && kR % 8 == 0 ? 8 : 4;
-  constexpr int kWords = kUnitElems / 2;
-  constexpr int kUnits = (kDStd + kR) / kUnitElems;  // per row
-  constexpr int kTotal = kRows * kUnits;
+/// Where a unit of a scaling pass lies (bytes from the tile's base) and what it is multiplied by.
+struct ScaledUnit {
+  int offset;
+  float w;
+};
+/// Multiplies kTotal units of kWords 32-bit words (two 16-bit elements each, shared memory) in
+/// place, unit `idx` (unsigned, so that divisions by powers of two are shifts with no sign fix-up)
+/// where `unit_at(idx)` says. These passes delay each CTA's first product, so a thread loads a
+/// batch of up to kBatch units before it scales and stores any: one shared-memory round trip per
+/// batch, where a loop of load-scale-store waited for each unit's load in turn (perf-notes v10).
+template <class E, int kWords, int kTotal, int kThreads, class UnitAt>
+__device__ __forceinline__ void scale_units(char* base, int tid, UnitAt&& unit_at) {
+  static_assert(kWords == 2 || kWords == 4, "8- or 16-byte units");
   constexpr int kPerThread = (kTotal + kThreads - 1) / kThreads;
-  constexpr int kGateBatch = 4;  // 16 words in flight per thread
-  // Unsigned, so that the divisions by powers of two are shifts with no sign fix-up.
+  constexpr int kBatch = 4;  // up to 16 words in flight per thread
+  const auto in_tile = [](unsigned idx) {
+    return kTotal % kThreads == 0 || idx < static_cast<unsigned>(kTotal);
+  };
   const unsigned first = static_cast<unsigned>(tid);
 #pragma unroll
-  for (int i0 = 0; i0 < kPerThread; i0 += kGateBatch) {
-    dev::u32 words[kGateBatch][kWords];
-    int offset[kGateBatch];
-    bool std_part[kGateBatch];
+  for (int i0 = 0; i0 < kPerThread; i0 += kBatch) {
+    dev::u32 words[kBatch][kWords];
+    ScaledUnit at[kBatch];
 #pragma unroll
-    for (int u = 0; u < kGateBatch && i0 + u < kPerThread; ++u) {
+    for (int u = 0; u < kBatch && i0 + u < kPerThread; ++u) {
       const unsigned idx = first + static_cast<unsigned>((i0 + u) * kThreads);
-      if (kTotal % kThreads == 0 || idx < static_cast<unsigned>(kTotal)) {
-        const int col = static_cast<int>(idx % kUnits) * kUnitElems;
-        offset[u] = Tile::byte_offset(static_cast<int>(idx / kUnits), col);
-        std_part[u] = col < kDStd;
+      if (in_tile(idx)) {
+        at[u] = unit_at(idx);
         if constexpr (kWords == 4) {
-          const uint4 v = *reinterpret_cast<const uint4*>(dst + offset[u]);
+          const uint4 v = *reinterpret_cast<const uint4*>(base + at[u].offset);
           words[u][0] = v.x, words[u][1] = v.y, words[u][2] = v.z, words[u][3] = v.w;
         } else {
-          const uint2 v = *reinterpret_cast<const uint2*>(dst + offset[u]);
+          const uint2 v = *reinterpret_cast<const uint2*>(base + at[u].offset);
           words[u][0] = v.x, words[u][1] = v.y;
         }
       }
     }
 #pragma unroll
-    for (int u = 0; u < kGateBatch && i0 + u < kPerThread; ++u) {
-      const unsigned idx = first + static_cast<unsigned>((i0 + u) * kThreads);
-      if (kTotal % kThreads == 0 || idx < static_cast<unsigned>(kTotal)) {
-        const float w = std_part[u] ? w_std : w_rec;
+    for (int u = 0; u < kBatch && i0 + u < kPerThread; ++u) {
+      if (in_tile(first + static_cast<unsigned>((i0 + u) * kThreads))) {
 #pragma unroll
-        for (int k = 0; k < kWords; ++k) words[u][k] = scale_pair<E>(words[u][k], w);
+        for (int k = 0; k < kWords; ++k) words[u][k] = scale_pair<E>(words[u][k], at[u].w);
         if constexpr (kWords == 4) {
-          *reinterpret_cast<uint4*>(dst + offset[u]) =
+          *reinterpret_cast<uint4*>(base + at[u].offset) =
               make_uint4(words[u][0], words[u][1], words[u][2], words[u][3]);
         } else {
-          *reinterpret_cast<uint2*>(dst + offset[u]) = make_uint2(words[u][0], words[u][1]);
+          *reinterpret_cast<uint2*>(base + at[u].offset) = make_uint2(words[u][0], words[u][1]);
         }
       }
     }
   }
+}
+/// The kChunks consecutive 16-byte chunks from `base` (shared memory) times `w`, in place.
+template <class E, int kChunks, int kThreads>
+__device__ __forceinline__ void scale_chunks(char* base, float w, int tid) {
+  scale_units<E, 4, kChunks, kThreads>(
+      base, tid, [&](unsigned idx) { return ScaledUnit{static_cast<int>(idx) * 16, w}; });
+}
+
+/// Multiplies a staged folded tile by its gates once (columns < kDStd by w_std, the rest by
+/// w_rec), so the MMA sees the gated operand directly and no inner loop does gate work.
+/// 16-byte units where both widths are multiples of 8 (half the loads, stores and index math of
+/// 8-byte units), else 8-byte ones.
+template <class E, class Tile, int kRows, int kDStd, int kR, int kThreads>
+__device__ __forceinline__ void scale_by_gates(char* dst, float w_std, float w_rec, int tid) {
+  if (w_std == 1.f && (kR == 0 || w_rec == 1.f)) return;  // uniform across the CTA
+  constexpr int kUnitElems = kDStd % 8 == 0 && kR % 8 == 0 ? 8 : 4;
+  constexpr int kUnits = (kDStd + kR) / kUnitElems;  // per row
+  scale_units<E, kUnitElems / 2, kRows * kUnits, kThreads>(dst, tid, [&](unsigned idx) {
+    const int col = static_cast<int>(idx % kUnits) * kUnitElems;
+    return ScaledUnit{Tile::byte_offset(static_cast<int>(idx / kUnits), col),
+                      col < kDStd ? w_std : w_rec};
+  });
 }
 
 }  // namespace rajit::attn
