@@ -58,10 +58,12 @@ struct TmaFwdConfig {
   static constexpr int kLowSteps = kLowGroups / 2;     // k16 steps over the low part
   // The bias row's values added by the tensor cores: one more k16 step of Q K^T (bias_ones x the
   // row as an MN-major B operand) instead of per-tile shared loads of bias pairs, whose shared
-  // wavefronts were the whole price of the bias at head_dim 128 (perf-notes v9). Only where
-  // Q K^T has 8 or more k16 steps: at 4 (head_dim 64) the step is 1/8 more tensor work and costs
-  // more than the loads.
-  static constexpr bool kBiasByMma = Bias::kHasBias && kStdSteps + kLowSteps >= 8;
+  // wavefronts were the whole price of the bias at head_dim 128 (perf-notes v9), and of an add
+  // per score before the row maximum, which the plain softmax no longer has (v11). Where Q K^T
+  // has 4 or more k16 steps: at head_dim 64 (4 steps) the step is 1/8 more tensor work, 2.7%
+  // faster than the loads at (8,12,1024) and 1.2% slower at (4,16,4096) (perf-notes v11); with
+  // fewer steps it would be a larger share.
+  static constexpr bool kBiasByMma = Bias::kHasBias && kStdSteps + kLowSteps >= 4;
   // The value bias_ones holds, a power of two: 1 for bf16 (fp32's range); 256 for fp16, whose
   // hi/lo pairs then hold the row's values / 256, up to +-1.6e7 (the row clamps there: a score
   // that far below every other in its row weighs nothing either way) to within 2^-22 of the value

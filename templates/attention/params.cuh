@@ -29,7 +29,8 @@ struct FwdParams {
   const float* w_rec;
   const float* w_disc;
   int batch, heads, seqlen_q, seqlen_k;
-  float scale_log2;  // scale * log2(e): softmax runs in base 2
+  float scale_log2;  // scale * log2(e) > 0: softmax runs in base 2 (Hopper kernels take the raw
+                     // scores' maximum, which needs a positive scale)
   int num_m_blocks;
   // The TMA kernel's bias row (limits.cuh): the scaled bias of each CTA's first bias_row_keys
   // keys (a multiple of block_n) is kept in shared memory after the per-stage vectors; the

@@ -35,7 +35,12 @@ __device__ __forceinline__ void softmax_tile(const FwdParams& p, float (&s)[C::k
   const int n0 = tile * C::kBlockN;
   const int seqlen_k = p.seqlen_k;
   const int lane = dev::lane_id();
-  float mx[2] = {row_max[0], row_max[1]};
+  // With a bias to add, the scores are scaled and biased first and the maximum taken over those;
+  // without one, the maximum is taken over the raw scores (p.scale_log2 > 0: the host validates
+  // scale) and the scale joins the exp2's FFMA, one multiply per score fewer (FlashAttention-2's
+  // order). row_max is in scaled units either way.
+  const float kNegInf = -__int_as_float(0x7f800000);
+  float mx[2] = {kAddBias ? row_max[0] : kNegInf, kAddBias ? row_max[1] : kNegInf};
   // Masked tiles: key column c is visible to this thread's row of `half` iff c <= last[half]
   // (the causal diagonal and the end of the keys folded into one bound).
   int last[2] = {0, 0};
@@ -56,9 +61,9 @@ __device__ __forceinline__ void softmax_tile(const FwdParams& p, float (&s)[C::k
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float& x = s[nt * 4 + half * 2 + e];
-        x = kAddBias ? fmaf(x, p.scale_log2, bias[e]) : x * p.scale_log2;
+        if constexpr (kAddBias) x = fmaf(x, p.scale_log2, bias[e]);
         if constexpr (kMasked) {
-          if (nt * 8 + e > last[half]) x = -__int_as_float(0x7f800000);
+          if (nt * 8 + e > last[half]) x = kNegInf;
         }
         mx[half] = fmaxf(mx[half], x);  // FMNMX; `x > m ? x : m` is a compare + select
       }
@@ -70,8 +75,9 @@ __device__ __forceinline__ void softmax_tile(const FwdParams& p, float (&s)[C::k
     float m = mx[half];
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    if constexpr (!kAddBias) m = fmaxf(row_max[half], m * p.scale_log2);
     // A row with nothing visible yet keeps max = -inf; subtract 0 then so exp2 gives 0.
-    base[half] = m == -__int_as_float(0x7f800000) ? 0.f : m;
+    base[half] = m == kNegInf ? 0.f : m;
     correction[half] = dev::exp2_approx(row_max[half] - base[half]);
     row_max[half] = m;
   }
@@ -83,7 +89,7 @@ __device__ __forceinline__ void softmax_tile(const FwdParams& p, float (&s)[C::k
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float& x = s[nt * 4 + half * 2 + e];
-        x = dev::exp2_approx(x - base[half]);
+        x = dev::exp2_approx(kAddBias ? x - base[half] : fmaf(x, p.scale_log2, -base[half]));
         sum[half] += x;
       }
     }

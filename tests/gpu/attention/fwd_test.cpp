@@ -169,10 +169,10 @@ TEST_CASE("forward: the TMA kernels run for folded and separate operands and fal
   // - rows longer than a tile's bias-row capacity (7872 keys for the seeds' tile, 12480 for the
   //   d128 one) keep that many (`row_keys`); the key tiles past it take the per-stage vectors.
   //   Tq < Tk: bottom-right causal, so the last query rows see every key;
-  // - a bias of N(0, 40^2) (`bias_scale`): where the tensor cores add the bias row (head_dim 128)
-  //   its values are hi/lo pairs of the element type, and the hi parts alone would be 0.01-0.1
-  //   off in the logits, far past the tolerance; the head_dim 64 kernel adds fp32 values.
-  //   Tk = 13000 takes both paths in one call.
+  // - a bias of N(0, 40^2) (`bias_scale`): the tensor cores add the bias row (head_dim 64 and
+  //   128), so its values are hi/lo pairs of the element type, and the hi parts alone would be
+  //   0.01-0.1 off in the logits, far past the tolerance; key tiles past the row add fp32 values
+  //   in the softmax. Tk = 13000 takes both paths in one call.
   struct RowCase {
     AttentionSpec spec;
     Shape shape;
