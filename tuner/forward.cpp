@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <limits>
 #include <mutex>
 #include <unordered_map>
 
@@ -92,6 +93,11 @@ std::vector<std::string> check_forward_args(const ForwardArgs& a) {
   }
   if (!(a.scale >= 0) || std::isinf(a.scale)) {
     out.push_back(fmt::format("scale={}: must be finite and >= 0 (0 = 1/sqrt(d_std+r))", a.scale));
+  } else if (a.scale > 0 && a.scale < kMinScale) {
+    // The kernels take the raw scores' maximum and scale in fp32 (scale * log2(e)): a scale
+    // that rounds to 0 or a subnormal there would turn masked scores into NaN.
+    out.push_back(fmt::format("scale={}: must be 0 (1/sqrt(d_std+r)) or at least {:g}", a.scale,
+                              kMinScale));
   }
   return out;
 }

@@ -40,7 +40,7 @@ struct ForwardArgs {
   const float* w_std = nullptr;  ///< (H) fp32 gates on the device; null = all ones
   const float* w_rec = nullptr;
   const float* w_disc = nullptr;
-  double scale = 0;  ///< 0 = 1 / sqrt(d_std + r)
+  double scale = 0;  ///< 0 = 1 / sqrt(d_std + r); otherwise at least kMinScale
   CUstream stream = nullptr;
   std::optional<gen::TileConfig> tile;  ///< pin a tile; default: RAJIT_TILE, else the policy
   std::optional<TunePolicy> tune;       ///< default: RAJIT_TUNE, else cached (docs/tuning.md)
@@ -56,6 +56,9 @@ class ArgumentError : public gen::SpecError {
 
 /// Every problem with `args` that can be seen without touching the GPU (shapes, strides,
 /// alignment, missing or unexpected pointers, grid limits); empty when none.
+/// The smallest scale a forward call takes: scale * log2(e) stays a normal fp32 number.
+inline constexpr double kMinScale = 1e-37;
+
 std::vector<std::string> check_forward_args(const ForwardArgs& args);
 
 struct LaunchRecord {

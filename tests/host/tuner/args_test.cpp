@@ -184,6 +184,17 @@ TEST_CASE("check_forward_args: missing operands, bad scales and every problem at
     CAPTURE(scale);
     check_single(a, "scale=", "finite");
   }
+  // A set scale whose fp32 scale * log2(e) would be 0 or subnormal (the kernels' raw-maximum
+  // softmax needs a normal positive one); kMinScale itself is accepted.
+  for (double scale : {1e-300, 1e-40, rajit::tune::kMinScale / 2}) {
+    a = valid_args(kSeeds);
+    a.scale = scale;
+    CAPTURE(scale);
+    check_single(a, "scale=", "at least 1e-37");
+  }
+  a = valid_args(kSeeds);
+  a.scale = rajit::tune::kMinScale;
+  CHECK(rajit::tune::check_forward_args(a).empty());
   a = valid_args(kSeeds);
   a.q_std.ptr = fake(0x100002);
   a.v.stride[3] = 3;
