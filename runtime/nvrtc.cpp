@@ -203,6 +203,20 @@ ResourceUsage parse_ptxas_resources(std::string_view log, std::string_view entry
   // block is matched by name and its "Used" line by position within the entry's section.
   ResourceUsage usage;
   static constexpr std::string_view kEntryMarker = "Compiling entry function '";
+  // ptxas reports wgmma serialisation ahead of the entry's section, naming the function:
+  //   ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are
+  //   serialized due to ... in the function 'k'
+  static constexpr std::string_view kSerialized = "wgmma.mma_async instructions are serialized";
+  static constexpr std::string_view kInFunction = "in the function '";
+  for (std::string_view scan = log; !scan.empty();) {
+    const std::string_view line = next_line(scan);
+    const std::size_t at = line.find(kInFunction);
+    if (line.find(kSerialized) == std::string_view::npos || at == std::string_view::npos) continue;
+    const std::string_view name = line.substr(at + kInFunction.size());
+    if (entry_name.empty() || name.substr(0, name.find('\'')) == entry_name) {
+      usage.wgmma_serialized = true;
+    }
+  }
   std::string_view rest = log;
   bool in_entry = false;
   std::string_view entry;

@@ -68,6 +68,9 @@ struct ResourceUsage {
   int spill_store_bytes = -1;
   int spill_load_bytes = -1;
   int stack_bytes = -1;
+  // ptxas reported that it serialised the entry's wgmma.mma_async instructions (a wait after
+  // each: "Potential Performance Loss", C7510-C7519), which costs the overlap they exist for.
+  bool wgmma_serialized = false;
 };
 
 /// Reads the ptxas verbose report in an NVRTC log for `entry_name` (the first entry function

@@ -291,16 +291,16 @@ struct TmaFwdKernel {
   __device__ __forceinline__ static unsigned long long bias_row_descriptor(u32 address_field) {
     return dev::interleave_descriptor(0, 16, 32) | address_field;
   }
-  // S (+)= Q K^T of the tile in `stage`; with kBiasStep, then S += the bias row's values of key
-  // tile `tile` (one more k16 step: bias_ones x the row).
-  template <bool kBiasStep = false>
+  // S (+)= Q K^T of the tile in `stage`: onto S where kOntoBias (the bias step's result),
+  // otherwise overwriting it; with kBiasStepLast, then S += key tile `tile`'s bias step.
+  template <bool kOntoBias = false, bool kBiasStepLast = false>
   __device__ __forceinline__ void issue_qk(float (&s)[C::kSRegs], int stage, int tile = 0) const {
     const u32 k_desc = k_desc0 + stage_step(stage);
 #pragma unroll
     for (int ks = 0; ks < C::kStdSteps; ++ks) {
       dev::wgmma_ss<C::kBlockN, E>(s, kmajor_descriptor(q_desc0 + std_step(ks, C::kBlockM * 128)),
                                    kmajor_descriptor(k_desc + std_step(ks, C::kBlockN * 128)),
-                                   ks > 0);
+                                   kOntoBias || ks > 0);
     }
     const u32 q_low = q_low_desc0;
     const u32 k_low = k_desc + (C::kKStdBytes >> 4);
@@ -309,9 +309,9 @@ struct TmaFwdKernel {
       dev::wgmma_ss<C::kBlockN, E>(
           s, low_descriptor<C::kBlockM>(q_low + ((j * 2 * C::kBlockM * 16) >> 4)),
           low_descriptor<C::kBlockN>(k_low + ((j * 2 * C::kBlockN * 16) >> 4)),
-          C::kStdSteps > 0 || j > 0);
+          kOntoBias || C::kStdSteps > 0 || j > 0);
     }
-    if constexpr (kBiasStep) {
+    if constexpr (kBiasStepLast) {
       const u32 tile_field = static_cast<u32>(tile) * ((C::kBlockN * 4) >> 4);
       dev::wgmma_rs<C::kBlockN, E>(s, bias_ones, bias_row_descriptor(bias_row_desc0 + tile_field),
                                    1);
@@ -453,6 +453,23 @@ struct TmaFwdKernel {
   // kBiasByMma kernel.
   __device__ static constexpr bool bias_step(bool from_row) { return from_row && C::kBiasByMma; }
 
+  // Row tile `tile`'s bias step (S = bias_ones x the row's values) in a commit group of its own,
+  // before the CTA barrier and the wait for the tile's stage: it reads no stage, so it runs while
+  // the warpgroup waits there, and the tile's Q K^T accumulates onto it. Only where a CTA barrier
+  // per tile gives it that wait (two CTAs per SM); kernels with stage barriers add the step after
+  // Q K^T, which measured 0.4 points faster at head_dim 128 (perf-notes v11).
+  __device__ __forceinline__ void start_bias_step(float (&s)[C::kSRegs], int tile) const {
+    dev::wgmma_fence();
+    const u32 tile_field = static_cast<u32>(tile) * ((C::kBlockN * 4) >> 4);
+    dev::wgmma_rs<C::kBlockN, E>(s, bias_ones, bias_row_descriptor(bias_row_desc0 + tile_field),
+                                 0);
+    dev::wgmma_commit();
+  }
+  // Whether the bias step of a row tile goes ahead of the barriers (start_bias_step).
+  __device__ static constexpr bool bias_step_first(bool from_row) {
+    return bias_step(from_row) && !C::kStageBarriers;
+  }
+
   // This head's gate from a per-head array; null = all ones.
   __device__ __forceinline__ float load_gate(const float* gates) const {
     return gates ? gates[h] : 1.f;
@@ -527,9 +544,11 @@ struct TmaFwdKernel {
     // previous one, the softmax overlapping P V. One copy of each per source of the bias.
     const auto first_tile = [&](auto from_row) {
       constexpr bool kBiasStep = bias_step(decltype(from_row)::value);
+      constexpr bool kStepFirst = bias_step_first(decltype(from_row)::value);
+      if constexpr (kStepFirst) start_bias_step(s, 0);
       advance_pipeline(0, 0, n_tiles);
       dev::wgmma_fence();
-      issue_qk<kBiasStep>(s, 0, 0);
+      issue_qk<kStepFirst, kBiasStep && !kStepFirst>(s, 0, 0);
       dev::wgmma_commit();
       dev::wgmma_wait<0>();
       dev::fence_registers(s);
@@ -542,9 +561,11 @@ struct TmaFwdKernel {
       constexpr bool kBiasStep = bias_step(decltype(from_row)::value);
       const int prev_stage = stage;
       stage = wrap_stage(stage + 1);
+      constexpr bool kStepFirst = bias_step_first(decltype(from_row)::value);
+      if constexpr (kStepFirst) start_bias_step(s, tile);
       advance_pipeline(tile, stage, n_tiles);
       dev::wgmma_fence();
-      issue_qk<kBiasStep>(s, stage, tile);
+      issue_qk<kStepFirst, kBiasStep && !kStepFirst>(s, stage, tile);
       dev::wgmma_commit();
       issue_pv(o_acc, pa, prev_stage);
       dev::wgmma_commit();

@@ -47,6 +47,20 @@ TEST_CASE("ptxas report: an empty entry name means the first entry") {
   CHECK(parse_ptxas_resources(kLog, "").registers == 8);
 }
 
+TEST_CASE("ptxas report: wgmma serialisation is read for the function it names") {
+  // As ptxas 13 writes it, ahead of the entry's section.
+  const std::string log =
+      "ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are "
+      "serialized due to non wgmma instructions defining accumulator registers of a wgmma "
+      "between start and end of the pipeline stage in the function 'k'\n" +
+      std::string(kLog);
+  CHECK(parse_ptxas_resources(log, "k").wgmma_serialized);
+  CHECK(parse_ptxas_resources(log, "").wgmma_serialized);
+  CHECK_FALSE(parse_ptxas_resources(log, "bad").wgmma_serialized);
+  CHECK_FALSE(parse_ptxas_resources(kLog, "k").wgmma_serialized);
+  CHECK(parse_ptxas_resources(log, "k").registers == 24);
+}
+
 TEST_CASE("ptxas report: an absent entry or an empty log leaves every field unknown") {
   for (const char* log : {kLog, ""}) {
     const rajit::rt::ResourceUsage none = parse_ptxas_resources(log, "nope");

@@ -89,6 +89,46 @@ TEST_CASE("nvrtc: a small kernel compiles to CUBIN for sm_80, sm_90 and sm_90a w
   }
 }
 
+// Two wgmma into the same accumulators, with a plain mov defining one of them while the first is
+// in flight (kInterlude), or not: ptxas serialises the first kernel's wgmma and says so in the
+// report NVRTC returns, which is what the forward and backward compile tests check never happens.
+std::string wgmma_source(bool interlude) {
+  return std::string(R"(
+extern "C" __global__ void two_wgmma(float* out, unsigned long long da, unsigned long long db) {
+  float d0, d1, d2, d3;
+  asm volatile(
+      "{\n.reg .f32 a<4>;\n"
+      "mov.f32 a0, 0f00000000; mov.f32 a1, 0f00000000; mov.f32 a2, 0f00000000; mov.f32 a3, 0f00000000;\n"
+      "wgmma.fence.sync.aligned;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {a0, a1, a2, a3}, %4, %5, 1, 1, 1, 0, 0;\n"
+      "wgmma.commit_group.sync.aligned;\n")") +
+         (interlude ? R"("mov.f32 a0, 0f3F800000;\n")" : "") + R"(
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {a0, a1, a2, a3}, %4, %5, 1, 1, 1, 0, 0;\n"
+      "wgmma.commit_group.sync.aligned;\n"
+      "wgmma.wait_group.sync.aligned 0;\n"
+      "mov.f32 %0, a0; mov.f32 %1, a1; mov.f32 %2, a2; mov.f32 %3, a3;\n}\n"
+      : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
+      : "l"(da), "l"(db));
+  out[threadIdx.x] = d0 + d1 + d2 + d3;
+}
+)";
+}
+
+TEST_CASE("nvrtc: the ptxas report says when wgmma instructions were serialised") {
+  for (bool interlude : {true, false}) {
+    CAPTURE(interlude);
+    rajit::rt::CompileRequest req = request("sm_90a");
+    req.program_name = "two_wgmma.cu";
+    req.source = wgmma_source(interlude);
+    req.entry_name = "two_wgmma";
+    const rajit::rt::CompileResult r = rajit::rt::compile(req);
+    CAPTURE(r.log);
+    REQUIRE(r.ok);
+    CHECK(r.resources.registers > 0);
+    CHECK(r.resources.wgmma_serialized == interlude);
+  }
+}
+
 TEST_CASE("nvrtc: PTX is returned when asked for") {
   rajit::rt::CompileRequest req = request("sm_80");
   req.want_ptx = true;
