@@ -60,9 +60,10 @@ struct TmaFwdConfig {
   // row as an MN-major B operand) instead of per-tile shared loads of bias pairs, whose shared
   // wavefronts were the whole price of the bias at head_dim 128 (perf-notes v9), and of an add
   // per score before the row maximum, which the plain softmax no longer has (v11). Where Q K^T
-  // has 4 or more k16 steps: at head_dim 64 (4 steps) the step is 1/8 more tensor work, 2.7%
-  // faster than the loads at (8,12,1024) and 1.2% slower at (4,16,4096) (perf-notes v11); with
-  // fewer steps it would be a larger share.
+  // has 4 or more k16 steps: at head_dim 64 (4 steps) the step is 1/8 more tensor work, and
+  // issued ahead of the tile's barriers (start_bias_step) it ran 3% faster than the loads at
+  // (8,12,1024) and as fast at (4,16,4096) (perf-notes v11); with fewer steps it would be a
+  // larger share.
   static constexpr bool kBiasByMma = Bias::kHasBias && kStdSteps + kLowSteps >= 4;
   // The value bias_ones holds, a power of two: 1 for bf16 (fp32's range); 256 for fp16, whose
   // hi/lo pairs then hold the row's values / 256, up to +-1.6e7 (the row clamps there: a score
