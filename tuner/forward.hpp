@@ -54,11 +54,11 @@ class ArgumentError : public gen::SpecError {
   using gen::SpecError::SpecError;
 };
 
-/// Every problem with `args` that can be seen without touching the GPU (shapes, strides,
-/// alignment, missing or unexpected pointers, grid limits); empty when none.
 /// The smallest scale a forward call takes: scale * log2(e) stays a normal fp32 number.
 inline constexpr double kMinScale = 1e-37;
 
+/// Every problem with `args` that can be seen without touching the GPU (shapes, strides,
+/// alignment, missing or unexpected pointers, grid limits); empty when none.
 std::vector<std::string> check_forward_args(const ForwardArgs& args);
 
 struct LaunchRecord {
