@@ -61,7 +61,7 @@ struct TmaFwdConfig {
   // wavefronts were the whole price of the bias at head_dim 128 (perf-notes v9), and of an add
   // per score before the row maximum, which the plain softmax no longer has (v11). Where Q K^T
   // has 4 or more k16 steps: at head_dim 64 (4 steps) the step is 1/8 more tensor work, and
-  // issued ahead of the tile's barriers (start_bias_step) it ran 3% faster than the loads at
+  // issued ahead of the tile's barriers (issue_bias_step) it ran 3% faster than the loads at
   // (8,12,1024) and as fast at (4,16,4096) (perf-notes v11); with fewer steps it would be a
   // larger share.
   static constexpr bool kBiasByMma = Bias::kHasBias && kStdSteps + kLowSteps >= 4;
@@ -292,10 +292,20 @@ struct TmaFwdKernel {
   __device__ __forceinline__ static unsigned long long bias_row_descriptor(u32 address_field) {
     return dev::interleave_descriptor(0, 16, 32) | address_field;
   }
+  // S = key tile `tile`'s values of the bias row (one k16 step: bias_ones x the row). It reads no
+  // stage, so it goes ahead of the tile's Q K^T, which accumulates onto it: where two CTAs share
+  // an SM in its own commit group before the tile's CTA barrier and stage wait, so it runs while
+  // the warpgroup waits there; with stage barriers (one CTA per SM) first in the Q K^T group.
+  // Either beat the step after Q K^T, on the path from Q K^T to the softmax (perf-notes v11b).
+  __device__ __forceinline__ void issue_bias_step(float (&s)[C::kSRegs], int tile) const {
+    const u32 tile_field = static_cast<u32>(tile) * ((C::kBlockN * 4) >> 4);
+    dev::wgmma_rs<C::kBlockN, E>(s, bias_ones, bias_row_descriptor(bias_row_desc0 + tile_field),
+                                 0);
+  }
   // S (+)= Q K^T of the tile in `stage`: onto S where kOntoBias (the bias step's result),
-  // otherwise overwriting it; with kBiasStepLast, then S += key tile `tile`'s bias step.
-  template <bool kOntoBias = false, bool kBiasStepLast = false>
-  __device__ __forceinline__ void issue_qk(float (&s)[C::kSRegs], int stage, int tile = 0) const {
+  // otherwise overwriting it.
+  template <bool kOntoBias = false>
+  __device__ __forceinline__ void issue_qk(float (&s)[C::kSRegs], int stage) const {
     const u32 k_desc = k_desc0 + stage_step(stage);
 #pragma unroll
     for (int ks = 0; ks < C::kStdSteps; ++ks) {
@@ -311,11 +321,6 @@ struct TmaFwdKernel {
           s, low_descriptor<C::kBlockM>(q_low + ((j * 2 * C::kBlockM * 16) >> 4)),
           low_descriptor<C::kBlockN>(k_low + ((j * 2 * C::kBlockN * 16) >> 4)),
           kOntoBias || C::kStdSteps > 0 || j > 0);
-    }
-    if constexpr (kBiasStepLast) {
-      const u32 tile_field = static_cast<u32>(tile) * ((C::kBlockN * 4) >> 4);
-      dev::wgmma_rs<C::kBlockN, E>(s, bias_ones, bias_row_descriptor(bias_row_desc0 + tile_field),
-                                   1);
     }
   }
 
@@ -454,20 +459,9 @@ struct TmaFwdKernel {
   // kBiasByMma kernel.
   __device__ static constexpr bool bias_step(bool from_row) { return from_row && C::kBiasByMma; }
 
-  // Row tile `tile`'s bias step (S = bias_ones x the row's values) in a commit group of its own,
-  // before the CTA barrier and the wait for the tile's stage: it reads no stage, so it runs while
-  // the warpgroup waits there, and the tile's Q K^T accumulates onto it. Only where a CTA barrier
-  // per tile gives it that wait (two CTAs per SM); kernels with stage barriers add the step after
-  // Q K^T, which measured 0.4 points faster at head_dim 128 (perf-notes v11).
-  __device__ __forceinline__ void start_bias_step(float (&s)[C::kSRegs], int tile) const {
-    dev::wgmma_fence();
-    const u32 tile_field = static_cast<u32>(tile) * ((C::kBlockN * 4) >> 4);
-    dev::wgmma_rs<C::kBlockN, E>(s, bias_ones, bias_row_descriptor(bias_row_desc0 + tile_field),
-                                 0);
-    dev::wgmma_commit();
-  }
-  // Whether the bias step of a row tile goes ahead of the barriers (start_bias_step).
-  __device__ static constexpr bool bias_step_first(bool from_row) {
+  // Whether a row tile's bias step goes ahead of its barriers, in a commit group of its own
+  // (issue_bias_step).
+  __device__ static constexpr bool bias_step_early(bool from_row) {
     return bias_step(from_row) && !C::kStageBarriers;
   }
 
@@ -545,11 +539,16 @@ struct TmaFwdKernel {
     // previous one, the softmax overlapping P V. One copy of each per source of the bias.
     const auto first_tile = [&](auto from_row) {
       constexpr bool kBiasStep = bias_step(decltype(from_row)::value);
-      constexpr bool kStepFirst = bias_step_first(decltype(from_row)::value);
-      if constexpr (kStepFirst) start_bias_step(s, 0);
+      constexpr bool kStepEarly = bias_step_early(decltype(from_row)::value);
+      if constexpr (kStepEarly) {
+        dev::wgmma_fence();
+        issue_bias_step(s, 0);
+        dev::wgmma_commit();
+      }
       advance_pipeline(0, 0, n_tiles);
       dev::wgmma_fence();
-      issue_qk<kStepFirst, kBiasStep && !kStepFirst>(s, 0, 0);
+      if constexpr (kBiasStep && !kStepEarly) issue_bias_step(s, 0);
+      issue_qk<kBiasStep>(s, 0);
       dev::wgmma_commit();
       dev::wgmma_wait<0>();
       dev::fence_registers(s);
@@ -562,11 +561,16 @@ struct TmaFwdKernel {
       constexpr bool kBiasStep = bias_step(decltype(from_row)::value);
       const int prev_stage = stage;
       stage = wrap_stage(stage + 1);
-      constexpr bool kStepFirst = bias_step_first(decltype(from_row)::value);
-      if constexpr (kStepFirst) start_bias_step(s, tile);
+      constexpr bool kStepEarly = bias_step_early(decltype(from_row)::value);
+      if constexpr (kStepEarly) {
+        dev::wgmma_fence();
+        issue_bias_step(s, tile);
+        dev::wgmma_commit();
+      }
       advance_pipeline(tile, stage, n_tiles);
       dev::wgmma_fence();
-      issue_qk<kStepFirst, kBiasStep && !kStepFirst>(s, stage, tile);
+      if constexpr (kBiasStep && !kStepEarly) issue_bias_step(s, tile);
+      issue_qk<kBiasStep>(s, stage);
       dev::wgmma_commit();
       issue_pv(o_acc, pa, prev_stage);
       dev::wgmma_commit();
