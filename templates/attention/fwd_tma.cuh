@@ -460,9 +460,15 @@ struct TmaFwdKernel {
   __device__ static constexpr bool bias_step(bool from_row) { return from_row && C::kBiasByMma; }
 
   // Whether a row tile's bias step goes ahead of its barriers, in a commit group of its own
-  // (issue_bias_step).
+  // (issue_bias_step, start_bias_step).
   __device__ static constexpr bool bias_step_early(bool from_row) {
     return bias_step(from_row) && !C::kStageBarriers;
+  }
+  // Key tile `tile`'s bias step in a commit group of its own, ahead of the tile's barriers.
+  __device__ __forceinline__ void start_bias_step(float (&s)[C::kSRegs], int tile) const {
+    dev::wgmma_fence();
+    issue_bias_step(s, tile);
+    dev::wgmma_commit();
   }
 
   // This head's gate from a per-head array; null = all ones.
@@ -540,11 +546,7 @@ struct TmaFwdKernel {
     const auto first_tile = [&](auto from_row) {
       constexpr bool kBiasStep = bias_step(decltype(from_row)::value);
       constexpr bool kStepEarly = bias_step_early(decltype(from_row)::value);
-      if constexpr (kStepEarly) {
-        dev::wgmma_fence();
-        issue_bias_step(s, 0);
-        dev::wgmma_commit();
-      }
+      if constexpr (kStepEarly) start_bias_step(s, 0);
       advance_pipeline(0, 0, n_tiles);
       dev::wgmma_fence();
       if constexpr (kBiasStep && !kStepEarly) issue_bias_step(s, 0);
@@ -562,11 +564,7 @@ struct TmaFwdKernel {
       const int prev_stage = stage;
       stage = wrap_stage(stage + 1);
       constexpr bool kStepEarly = bias_step_early(decltype(from_row)::value);
-      if constexpr (kStepEarly) {
-        dev::wgmma_fence();
-        issue_bias_step(s, tile);
-        dev::wgmma_commit();
-      }
+      if constexpr (kStepEarly) start_bias_step(s, tile);
       advance_pipeline(tile, stage, n_tiles);
       dev::wgmma_fence();
       if constexpr (kBiasStep && !kStepEarly) issue_bias_step(s, tile);
