@@ -220,58 +220,70 @@ struct FwdKernel {
           bias_reg[nt][1] = bv.y * bias_log2;
         }
       }
+      // The softmax over this tile's rows, masked or not: a separate copy per case (with the
+      // mask test inside one copy every tile pays its compares and selects per score).
+      const auto softmax_rows = [&](auto masked) {
 #pragma unroll
-      for (int mt = 0; mt < C::kRowTiles; ++mt) {
+        for (int mt = 0; mt < C::kRowTiles; ++mt) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = warp_row0 + mt * 16 + lane / 4 + half * 8;
-          float mx = C::Bias::kHasBias ? row_max[mt][half] : -__int_as_float(0x7f800000);
+          for (int half = 0; half < 2; ++half) {
+            const int row = warp_row0 + mt * 16 + lane / 4 + half * 8;
+            float mx = C::Bias::kHasBias ? row_max[mt][half] : -__int_as_float(0x7f800000);
 #pragma unroll
-          for (int nt = 0; nt < C::kSTiles; ++nt) {
+            for (int nt = 0; nt < C::kSTiles; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int c = nt * 8 + 2 * (lane % 4) + e;
-              // With a bias the maximum is over the scaled, biased score; without one over the
-              // raw score (p.scale_log2 > 0: the host validates scale), the scale joining the
-              // exp2's FFMA below: one multiply per score fewer (as wgmma_fwd_steps.cuh).
-              float x = s[mt][nt][half * 2 + e];
-              if constexpr (C::Bias::kHasBias) x = fmaf(x, p.scale_log2, bias_reg[nt][e]);
-              if (needs_mask) {
-                const bool visible = n0 + c < seqlen_k && (!C::Mask::kCausal || n0 + c <= row + diag);
-                if (!visible) x = -__int_as_float(0x7f800000);
+              for (int e = 0; e < 2; ++e) {
+                const int c = nt * 8 + 2 * (lane % 4) + e;
+                // With a bias the maximum is over the scaled, biased score; without one over the
+                // raw score (p.scale_log2 > 0: the host validates scale), the scale joining the
+                // exp2's FFMA below: one multiply per score fewer (as wgmma_fwd_steps.cuh).
+                float x = s[mt][nt][half * 2 + e];
+                if constexpr (C::Bias::kHasBias) x = fmaf(x, p.scale_log2, bias_reg[nt][e]);
+                if constexpr (decltype(masked)::value) {
+                  const bool visible =
+                      n0 + c < seqlen_k && (!C::Mask::kCausal || n0 + c <= row + diag);
+                  if (!visible) x = -__int_as_float(0x7f800000);
+                }
+                s[mt][nt][half * 2 + e] = x;
+                mx = fmaxf(mx, x);  // FMNMX; `x > mx ? x : mx` is a compare + select
               }
-              s[mt][nt][half * 2 + e] = x;
-              mx = fmaxf(mx, x);  // FMNMX; `x > mx ? x : mx` is a compare + select
             }
-          }
-          for (int mask = 1; mask <= 2; mask <<= 1) {
-            const float other = __shfl_xor_sync(0xffffffffu, mx, mask);
-            mx = fmaxf(mx, other);
-          }
-          if constexpr (!C::Bias::kHasBias) mx = fmaxf(row_max[mt][half], mx * p.scale_log2);
-          // A row with nothing visible yet keeps max = -inf; subtract 0 then so exp2 gives 0.
-          const float base = mx == -__int_as_float(0x7f800000) ? 0.f : mx;
-          const float correction = dev::exp2_approx(row_max[mt][half] - base);
-          row_max[mt][half] = mx;
-          float sum = 0.f;
-#pragma unroll
-          for (int nt = 0; nt < C::kSTiles; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const float x = s[mt][nt][half * 2 + e];
-              const float pe = dev::exp2_approx(C::Bias::kHasBias ? x - base
-                                                                  : fmaf(x, p.scale_log2, -base));
-              s[mt][nt][half * 2 + e] = pe;
-              sum += pe;
+            for (int mask = 1; mask <= 2; mask <<= 1) {
+              const float other = __shfl_xor_sync(0xffffffffu, mx, mask);
+              mx = fmaxf(mx, other);
             }
-          }
-          row_sum[mt][half] = row_sum[mt][half] * correction + sum;
+            if constexpr (!C::Bias::kHasBias) mx = fmaxf(row_max[mt][half], mx * p.scale_log2);
+            // A row with nothing visible yet keeps max = -inf; subtract 0 then so exp2 gives 0.
+            const float base = mx == -__int_as_float(0x7f800000) ? 0.f : mx;
+            const float correction = dev::exp2_approx(row_max[mt][half] - base);
+            row_max[mt][half] = mx;
+            float sum = 0.f;
 #pragma unroll
-          for (int nt = 0; nt < C::kOTiles; ++nt) {
-            o_acc[mt][nt][half * 2 + 0] *= correction;
-            o_acc[mt][nt][half * 2 + 1] *= correction;
+            for (int nt = 0; nt < C::kSTiles; ++nt) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const float x = s[mt][nt][half * 2 + e];
+                const float pe = dev::exp2_approx(C::Bias::kHasBias ? x - base
+                                                                    : fmaf(x, p.scale_log2, -base));
+                s[mt][nt][half * 2 + e] = pe;
+                sum += pe;
+              }
+            }
+            row_sum[mt][half] = row_sum[mt][half] * correction + sum;
+            // Unconditional: skipping it where the correction is 1 (as wgmma_fwd_steps.cuh's
+            // rescale_o does) measured slower here (perf-notes v12).
+#pragma unroll
+            for (int nt = 0; nt < C::kOTiles; ++nt) {
+              o_acc[mt][nt][half * 2 + 0] *= correction;
+              o_acc[mt][nt][half * 2 + 1] *= correction;
+            }
           }
         }
+      };
+      if (needs_mask) {
+        softmax_rows(dev::BoolConstant<true>{});
+      } else {
+        softmax_rows(dev::BoolConstant<false>{});
       }
 
       // O += P V: the S accumulators of two n8 tiles are exactly one k16 A fragment.
