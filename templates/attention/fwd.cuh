@@ -227,19 +227,19 @@ struct FwdKernel {
         for (int mt = 0; mt < C::kRowTiles; ++mt) {
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            const int row = warp_row0 + mt * 16 + lane / 4 + half * 8;
             float mx = C::Bias::kHasBias ? row_max[mt][half] : -__int_as_float(0x7f800000);
 #pragma unroll
             for (int nt = 0; nt < C::kSTiles; ++nt) {
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
-                const int c = nt * 8 + 2 * (lane % 4) + e;
                 // With a bias the maximum is over the scaled, biased score; without one over the
                 // raw score (p.scale_log2 > 0: the host validates scale), the scale joining the
                 // exp2's FFMA below: one multiply per score fewer (as wgmma_fwd_steps.cuh).
                 float x = s[mt][nt][half * 2 + e];
                 if constexpr (C::Bias::kHasBias) x = fmaf(x, p.scale_log2, bias_reg[nt][e]);
                 if constexpr (decltype(masked)::value) {
+                  const int row = warp_row0 + mt * 16 + lane / 4 + half * 8;
+                  const int c = nt * 8 + 2 * (lane % 4) + e;
                   const bool visible =
                       n0 + c < seqlen_k && (!C::Mask::kCausal || n0 + c <= row + diag);
                   if (!visible) x = -__int_as_float(0x7f800000);

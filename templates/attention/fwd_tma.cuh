@@ -460,14 +460,27 @@ struct TmaFwdKernel {
   __device__ static constexpr bool bias_step(bool from_row) { return from_row && C::kBiasByMma; }
 
   // Whether a row tile's bias step goes ahead of its barriers, in a commit group of its own
-  // (issue_bias_step, start_bias_step).
+  // (start_scores).
   __device__ static constexpr bool bias_step_early(bool from_row) {
     return bias_step(from_row) && !C::kStageBarriers;
   }
-  // Key tile `tile`'s bias step in a commit group of its own, ahead of the tile's barriers.
-  __device__ __forceinline__ void start_bias_step(float (&s)[C::kSRegs], int tile) const {
+  // Starts key tile `tile`'s S (in `stage`) as one commit group, the tile made resident first:
+  // the bias step where kFromRow (ahead of the barriers in a group of its own, or first in the
+  // Q K^T group; bias_step_early), then Q K^T onto it or alone.
+  template <bool kFromRow>
+  __device__ __forceinline__ void start_scores(float (&s)[C::kSRegs], int tile, int stage,
+                                               int n_tiles) const {
+    constexpr bool kBiasStep = bias_step(kFromRow);
+    constexpr bool kStepEarly = bias_step_early(kFromRow);
+    if constexpr (kStepEarly) {
+      dev::wgmma_fence();
+      issue_bias_step(s, tile);
+      dev::wgmma_commit();
+    }
+    advance_pipeline(tile, stage, n_tiles);
     dev::wgmma_fence();
-    issue_bias_step(s, tile);
+    if constexpr (kBiasStep && !kStepEarly) issue_bias_step(s, tile);
+    issue_qk<kBiasStep>(s, stage);
     dev::wgmma_commit();
   }
 
@@ -545,13 +558,7 @@ struct TmaFwdKernel {
     // previous one, the softmax overlapping P V. One copy of each per source of the bias.
     const auto first_tile = [&](auto from_row) {
       constexpr bool kBiasStep = bias_step(decltype(from_row)::value);
-      constexpr bool kStepEarly = bias_step_early(decltype(from_row)::value);
-      if constexpr (kStepEarly) start_bias_step(s, 0);
-      advance_pipeline(0, 0, n_tiles);
-      dev::wgmma_fence();
-      if constexpr (kBiasStep && !kStepEarly) issue_bias_step(s, 0);
-      issue_qk<kBiasStep>(s, 0);
-      dev::wgmma_commit();
+      start_scores<decltype(from_row)::value>(s, 0, 0, n_tiles);
       dev::wgmma_wait<0>();
       dev::fence_registers(s);
       if constexpr (!kBiasStep) load_bias<decltype(from_row)::value>(bias, 0, 0, bias_log2);
@@ -563,13 +570,7 @@ struct TmaFwdKernel {
       constexpr bool kBiasStep = bias_step(decltype(from_row)::value);
       const int prev_stage = stage;
       stage = wrap_stage(stage + 1);
-      constexpr bool kStepEarly = bias_step_early(decltype(from_row)::value);
-      if constexpr (kStepEarly) start_bias_step(s, tile);
-      advance_pipeline(tile, stage, n_tiles);
-      dev::wgmma_fence();
-      if constexpr (kBiasStep && !kStepEarly) issue_bias_step(s, tile);
-      issue_qk<kBiasStep>(s, stage);
-      dev::wgmma_commit();
+      start_scores<decltype(from_row)::value>(s, tile, stage, n_tiles);
       issue_pv(o_acc, pa, prev_stage);
       dev::wgmma_commit();
       dev::wgmma_wait<1>();

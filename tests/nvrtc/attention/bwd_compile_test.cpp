@@ -3,10 +3,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
-#include <thread>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "compile_pool.hpp"
 #include "generator/backward_source.hpp"
 #include "runtime/nvrtc.hpp"
 
@@ -26,40 +27,14 @@ struct Job {
   std::string aux_entry;  // entry suffix: "" except for the three kernels of the kAux module
 };
 
-struct Outcome {
-  std::string what;
-  bool ok = false;
-  int registers = -1, spill = -1;
-  bool wgmma_serialized = false;
-  std::string log;
-};
-
-std::vector<Outcome> compile_all(const std::vector<Job>& jobs) {
-  std::vector<Outcome> out(jobs.size());
-  std::atomic<std::size_t> next{0};
-  const unsigned n = std::max(2u, std::thread::hardware_concurrency());
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < n; ++t) {
-    pool.emplace_back([&] {
-      for (std::size_t i = next++; i < jobs.size(); i = next++) {
-        const Job& j = jobs[i];
-        const auto src = rajit::gen::generate_backward(j.spec, j.kind, j.tile);
-        const std::string entry = src.entry + j.aux_entry;
-        rajit::rt::CompileRequest req{src.readable_key + ".cu", src.text, src.options,
-                                      j.arch.name(), false, true, entry};
-        const auto res = rajit::rt::compile(req);
-        Outcome& o = out[i];
-        o.what = fmt::format("{}{} on {}", src.readable_key, j.aux_entry, j.arch.name());
-        o.ok = res.ok && !res.cubin.empty();
-        o.registers = res.resources.registers;
-        o.spill = res.resources.spill_store_bytes + res.resources.spill_load_bytes;
-        o.wgmma_serialized = res.resources.wgmma_serialized;
-        if (!res.ok || o.wgmma_serialized) o.log = res.log.substr(0, 4000);
-      }
-    });
-  }
-  for (auto& t : pool) t.join();
-  return out;
+std::vector<rajit::test::CompileOutcome> compile_all(const std::vector<Job>& jobs) {
+  return rajit::test::compile_all(jobs, [](const Job& j) {
+    const auto src = rajit::gen::generate_backward(j.spec, j.kind, j.tile);
+    return std::pair{rajit::rt::CompileRequest{src.readable_key + ".cu", src.text, src.options,
+                                               j.arch.name(), false, true,
+                                               src.entry + j.aux_entry},
+                     fmt::format("{}{} on {}", src.readable_key, j.aux_entry, j.arch.name())};
+  });
 }
 
 }  // namespace
@@ -104,14 +79,8 @@ TEST_CASE("backward kernels: every valid tile of the grid specs compiles for sm_
       }
     }
   CHECK(wgmma_tiles > 0);  // the seeds' widths (64 and 128) have wgmma tiles
-  for (const Outcome& o : compile_all(jobs)) {
-    CAPTURE(o.what);
-    CAPTURE(o.log);
-    CHECK(o.ok);
-    CHECK(o.registers > 0);
-    CHECK(o.registers <= 255);
-    CHECK(o.spill == 0);
-    CHECK_FALSE(o.wgmma_serialized);  // ptxas would put a wait after every wgmma
+  for (const auto& o : compile_all(jobs)) {
+    rajit::test::check_outcome(o);
     MESSAGE(fmt::format("{}: {} registers, {} spill bytes", o.what, o.registers, o.spill));
   }
 }

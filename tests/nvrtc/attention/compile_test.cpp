@@ -2,11 +2,11 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
-#include <atomic>
-#include <mutex>
-#include <thread>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "compile_pool.hpp"
 #include "generator/kernel_source.hpp"
 #include "runtime/nvrtc.hpp"
 #include "tuner/heuristic.hpp"
@@ -24,54 +24,19 @@ struct Job {
   rajit::gen::Arch arch;
 };
 
-struct Outcome {
-  std::string what;
-  bool ok = false;
-  int registers = -1, spill = -1;
-  bool wgmma_serialized = false;
-  std::string log;
-};
-
-// Compiles jobs on a small thread pool (NVRTC is thread-safe; CI has 2 cores).
-std::vector<Outcome> compile_all(const std::vector<Job>& jobs) {
-  std::vector<Outcome> out(jobs.size());
-  std::atomic<std::size_t> next{0};
-  const unsigned n = std::max(2u, std::thread::hardware_concurrency());
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < n; ++t) {
-    pool.emplace_back([&] {
-      for (std::size_t i = next++; i < jobs.size(); i = next++) {
-        const Job& j = jobs[i];
-        const auto src = rajit::gen::generate_forward(j.spec, j.tile);
-        // wgmma tiles compile for sm_90a, everything else for the arch itself (as forward() does).
-        const std::string arch = rajit::tune::arch_for(j.tile, j.arch.cc);
-        rajit::rt::CompileRequest req{src.readable_key + ".cu", src.text, src.options, arch, false,
-                                      true, src.entry};
-        const auto res = rajit::rt::compile(req);
-        Outcome& o = out[i];
-        o.what = fmt::format("{} on {}", src.readable_key, arch);
-        o.ok = res.ok && !res.cubin.empty();
-        o.registers = res.resources.registers;
-        o.spill = res.resources.spill_store_bytes + res.resources.spill_load_bytes;
-        o.wgmma_serialized = res.resources.wgmma_serialized;
-        if (!res.ok || o.wgmma_serialized) o.log = res.log.substr(0, 4000);
-      }
-    });
-  }
-  for (auto& t : pool) t.join();
-  return out;
+std::vector<rajit::test::CompileOutcome> compile_all(const std::vector<Job>& jobs) {
+  return rajit::test::compile_all(jobs, [](const Job& j) {
+    const auto src = rajit::gen::generate_forward(j.spec, j.tile);
+    // wgmma tiles compile for sm_90a, everything else for the arch itself (as forward() does).
+    const std::string arch = rajit::tune::arch_for(j.tile, j.arch.cc);
+    return std::pair{rajit::rt::CompileRequest{src.readable_key + ".cu", src.text, src.options,
+                                               arch, false, true, src.entry},
+                     fmt::format("{} on {}", src.readable_key, arch)};
+  });
 }
 
-void check_all(const std::vector<Outcome>& outcomes) {
-  for (const Outcome& o : outcomes) {
-    CAPTURE(o.what);
-    CAPTURE(o.log);
-    CHECK(o.ok);
-    CHECK(o.registers > 0);
-    CHECK(o.registers <= 255);
-    CHECK(o.spill == 0);
-    CHECK_FALSE(o.wgmma_serialized);  // ptxas would put a wait after every wgmma
-  }
+void check_all(const std::vector<rajit::test::CompileOutcome>& outcomes) {
+  for (const auto& o : outcomes) rajit::test::check_outcome(o);
 }
 
 }  // namespace
