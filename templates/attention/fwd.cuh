@@ -155,7 +155,11 @@ struct FwdKernel {
       row_max[mt][0] = row_max[mt][1] = -__int_as_float(0x7f800000);
       row_sum[mt][0] = row_sum[mt][1] = 0.f;
     }
-    const float bias_log2 = C::Bias::kHasBias ? (p.w_disc ? p.w_disc[h] : 1.f) * kLog2e : 0.f;
+    // A key's bias in the units of a raw score (w_disc log2(e) / scale_log2): S starts at it and
+    // Q K^T accumulates onto it, so the softmax is the plain one (raw maximum, the scale in the
+    // exp2's FFMA) and the bias costs no add per score (perf-notes v13).
+    const float bias_to_score =
+        C::Bias::kHasBias ? (p.w_disc ? p.w_disc[h] : 1.f) * kLog2e / p.scale_log2 : 0.f;
     const int warp_row0 = m0 + warp * (C::kRowTiles * 16);
 
     for (int tile = 0; tile < n_tiles; ++tile) {
@@ -173,14 +177,23 @@ struct FwdKernel {
       const float* bias_smem = reinterpret_cast<const float*>(kbase + C::kKBytes + C::kVBytes);
       const int n0 = tile * C::kBlockN;
 
-      // S = qf kf^T for this warp's rows.                          // (kRowTiles, kSTiles, 4) fp32
+      // S = bias + qf kf^T for this warp's rows.                   // (kRowTiles, kSTiles, 4) fp32
+      // This thread's two bias columns of each n8 tile start both of its rows.
       float s[C::kRowTiles][C::kSTiles][4];
 #pragma unroll
-      for (int mt = 0; mt < C::kRowTiles; ++mt)
+      for (int nt = 0; nt < C::kSTiles; ++nt) {
+        float2 bv = make_float2(0.f, 0.f);
+        if constexpr (C::Bias::kHasBias) {
+          bv = *reinterpret_cast<const float2*>(bias_smem + nt * 8 + 2 * (lane % 4));
+          bv.x *= bias_to_score;
+          bv.y *= bias_to_score;
+        }
 #pragma unroll
-        for (int nt = 0; nt < C::kSTiles; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+        for (int mt = 0; mt < C::kRowTiles; ++mt) {
+          s[mt][nt][0] = s[mt][nt][2] = bv.x;
+          s[mt][nt][1] = s[mt][nt][3] = bv.y;
+        }
+      }
 #pragma unroll
       for (int ks = 0; ks < C::kQkSteps; ++ks) {
         u32 a[C::kRowTiles][4];
@@ -210,16 +223,6 @@ struct FwdKernel {
       // Online softmax in base 2. Only tiles that cross the diagonal or the end need the mask.
       bool needs_mask = n0 + C::kBlockN > seqlen_k;
       if constexpr (C::Mask::kCausal) needs_mask = needs_mask || n0 + C::kBlockN - 1 > m0 + diag;
-      // This thread's bias columns, pre-scaled by w_disc * log2(e): read once, used by every row.
-      float bias_reg[C::Bias::kHasBias ? C::kSTiles : 1][2];
-      if constexpr (C::Bias::kHasBias) {
-#pragma unroll
-        for (int nt = 0; nt < C::kSTiles; ++nt) {
-          const float2 bv = *reinterpret_cast<const float2*>(bias_smem + nt * 8 + 2 * (lane % 4));
-          bias_reg[nt][0] = bv.x * bias_log2;
-          bias_reg[nt][1] = bv.y * bias_log2;
-        }
-      }
       // The softmax over this tile's rows, masked or not: a separate copy per case (with the
       // mask test inside one copy every tile pays its compares and selects per score).
       const auto softmax_rows = [&](auto masked) {
@@ -227,16 +230,15 @@ struct FwdKernel {
         for (int mt = 0; mt < C::kRowTiles; ++mt) {
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            float mx = C::Bias::kHasBias ? row_max[mt][half] : -__int_as_float(0x7f800000);
+            float mx = -__int_as_float(0x7f800000);
 #pragma unroll
             for (int nt = 0; nt < C::kSTiles; ++nt) {
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
-                // With a bias the maximum is over the scaled, biased score; without one over the
-                // raw score (p.scale_log2 > 0: the host validates scale), the scale joining the
-                // exp2's FFMA below: one multiply per score fewer (as wgmma_fwd_steps.cuh).
+                // The maximum over the raw score (p.scale_log2 > 0: the host validates scale),
+                // the scale joining the exp2's FFMA below: one multiply per score fewer
+                // (FlashAttention-2's order, as wgmma_fwd_steps.cuh).
                 float x = s[mt][nt][half * 2 + e];
-                if constexpr (C::Bias::kHasBias) x = fmaf(x, p.scale_log2, bias_reg[nt][e]);
                 if constexpr (decltype(masked)::value) {
                   const int row = warp_row0 + mt * 16 + lane / 4 + half * 8;
                   const int c = nt * 8 + 2 * (lane % 4) + e;
@@ -252,7 +254,7 @@ struct FwdKernel {
               const float other = __shfl_xor_sync(0xffffffffu, mx, mask);
               mx = fmaxf(mx, other);
             }
-            if constexpr (!C::Bias::kHasBias) mx = fmaxf(row_max[mt][half], mx * p.scale_log2);
+            mx = fmaxf(row_max[mt][half], mx * p.scale_log2);
             // A row with nothing visible yet keeps max = -inf; subtract 0 then so exp2 gives 0.
             const float base = mx == -__int_as_float(0x7f800000) ? 0.f : mx;
             const float correction = dev::exp2_approx(row_max[mt][half] - base);
@@ -263,8 +265,7 @@ struct FwdKernel {
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
                 const float x = s[mt][nt][half * 2 + e];
-                const float pe = dev::exp2_approx(C::Bias::kHasBias ? x - base
-                                                                    : fmaf(x, p.scale_log2, -base));
+                const float pe = dev::exp2_approx(fmaf(x, p.scale_log2, -base));
                 s[mt][nt][half * 2 + e] = pe;
                 sum += pe;
               }
